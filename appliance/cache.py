@@ -1,0 +1,102 @@
+"""Frozen-prefix activation cache: hidden states entering the lowest trained layer, on disk.
+
+While the frozen part (base fingerprint, attention mode, quantization, first trained layer) and
+the data (token ids of every window) are unchanged, the prefix output is reused across epochs and
+across runs; any change gives a new key, so a stale entry can never be read.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+from appliance.encoding import EncodedWindow, collate_ids
+from appliance.forward import prefix_states
+from appliance.model import LoadedModel
+
+log = logging.getLogger(__name__)
+
+
+def data_fingerprint(windows: Sequence[EncodedWindow]) -> str:
+    digest = hashlib.sha256()
+    for w in windows:
+        digest.update(len(w.input_ids).to_bytes(4, "little"))
+        digest.update(torch.tensor(w.input_ids, dtype=torch.int64).numpy().tobytes())
+    return digest.hexdigest()
+
+
+def cache_key(loaded: LoadedModel, first_layer: int, windows: Sequence[EncodedWindow]) -> str:
+    frozen = {
+        "base": loaded.fingerprint,
+        "attention": loaded.config.attention,
+        "quantization": loaded.config.quantization,
+        "first_layer": first_layer,
+        "torch": torch.__version__,
+        "data": data_fingerprint(windows),
+    }
+    return hashlib.sha256(json.dumps(frozen, sort_keys=True).encode()).hexdigest()[:32]
+
+
+def length_batches(lengths: Sequence[int], batch_size: int) -> list[list[int]]:
+    """Index batches of similar length (less padding), in a fixed order."""
+    order = sorted(range(len(lengths)), key=lambda i: lengths[i])
+    return [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
+
+
+def compute_states(
+    loaded: LoadedModel,
+    windows: Sequence[EncodedWindow],
+    first_layer: int,
+    batch_size: int = 32,
+) -> list[torch.Tensor]:
+    """Run the frozen prefix once over every window; returns unpadded (T_i, C) states."""
+    states: list[torch.Tensor] = [torch.empty(0)] * len(windows)
+    pad_id = int(loaded.tokenizer.pad_token_id)
+    for batch in length_batches([len(w) for w in windows], batch_size):
+        ids, mask, _ = collate_ids([windows[i] for i in batch], pad_id)
+        hidden = prefix_states(loaded.model, ids, mask, first_layer)  # (B, T, C)
+        for row, i in enumerate(batch):
+            states[i] = hidden[row, : len(windows[i])].clone()
+    return states
+
+
+class PrefixCache:
+    """Disk-backed store of prefix states for one model and one trained-layer boundary."""
+
+    def __init__(self, loaded: LoadedModel, first_layer: int, directory: str | Path) -> None:
+        self.loaded = loaded
+        self.first_layer = first_layer
+        self.directory = Path(directory)
+
+    def path_for(self, windows: Sequence[EncodedWindow]) -> Path:
+        return self.directory / f"{cache_key(self.loaded, self.first_layer, windows)}.safetensors"
+
+    def states(self, windows: Sequence[EncodedWindow]) -> tuple[list[torch.Tensor], bool]:
+        """Prefix states for `windows` and whether they came from disk."""
+        path = self.path_for(windows)
+        if path.is_file():
+            try:
+                stored = load_file(str(path))
+                states = [stored[f"w{i}"] for i in range(len(windows))]
+                log.info("activation cache hit: %s (%d windows)", path.name, len(windows))
+                return states, True
+            except (OSError, KeyError, RuntimeError, SafetensorError) as err:
+                log.warning("activation cache %s unreadable (%s); recomputing", path.name, err)
+        states = compute_states(self.loaded, windows, self.first_layer)
+        self._store(path, states)
+        return states, False
+
+    def _store(self, path: Path, states: list[torch.Tensor]) -> None:
+        self.directory.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(f".tmp{os.getpid()}")
+        save_file({f"w{i}": s.contiguous() for i, s in enumerate(states)}, str(tmp))
+        tmp.replace(path)
+        log.info("activation cache stored: %s (%d windows)", path.name, len(states))

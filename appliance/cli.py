@@ -1,0 +1,125 @@
+"""`appliance` command line: train, evaluate, annotate, info, demo."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from appliance import commands
+from appliance.config import ATTENTION_MODES, QUANTIZATIONS
+from appliance.model import ModelLoadError
+from appliance.notes import NotesError
+from appliance.package import PackageError
+
+EXIT_OK, EXIT_USAGE, EXIT_INPUT, EXIT_MODEL, EXIT_INTERNAL = 0, 2, 3, 4, 1
+
+
+def _model_flags(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", type=Path, help="TOML config with [model] and [train] tables")
+    parser.add_argument("--state-dir", help="where caches and materialized bases live")
+    parser.add_argument("--base", help="'embedded', a Hugging Face model dir, or a .gguf file")
+    parser.add_argument("--quantization", choices=QUANTIZATIONS, help="load the base in NF4")
+
+
+def _data_flags(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--format",
+        default="auto",
+        choices=("auto", "conll", "brat", "jsonl"),
+        help="notes format (auto: by extension; a directory is BRAT)",
+    )
+    parser.add_argument(
+        "--skip-bad",
+        action="store_true",
+        help="skip malformed records (each one reported) instead of stopping at the first",
+    )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="appliance", description=__doc__)
+    parser.add_argument("-v", "--verbose", action="store_true", help="log at INFO level")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    train = sub.add_parser("train", help="train selected layers on annotated notes")
+    _model_flags(train)
+    _data_flags(train)
+    train.add_argument("--train", required=True, help="training notes (file or BRAT dir)")
+    train.add_argument("--dev", help="dev notes for early stopping (default: none)")
+    train.add_argument("--out", required=True, type=Path, help="model package dir to create")
+    train.add_argument("--layers", help="layer spec: top:N, bottom:N, layers:i,j, all, head")
+    train.add_argument("--attention", choices=ATTENTION_MODES, help="default: bidirectional")
+    train.add_argument("--epochs", type=int, help="maximum epochs (default 3)")
+    train.add_argument("--batch-size", type=int, help="windows per step (default 16)")
+    train.add_argument("--learning-rate", type=float, help="layers' peak LR (default 3e-4)")
+    train.add_argument("--seed", type=int, help="seed (default 13)")
+    train.add_argument("--max-train-notes", type=int, help="use only the first N notes")
+    train.add_argument("--max-dev-notes", type=int, help="use only the first N dev notes")
+    train.add_argument("--no-cache", action="store_true", help="disable the activation cache")
+    train.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+    evaluate = sub.add_parser("evaluate", help="strict entity F1 and span F1 of a package")
+    _model_flags(evaluate)
+    _data_flags(evaluate)
+    evaluate.add_argument("--package", required=True, type=Path)
+    evaluate.add_argument("--data", required=True, help="annotated notes to score against")
+    evaluate.add_argument("--max-notes", type=int, help="score only the first N notes")
+
+    annotate = sub.add_parser("annotate", help="find entities in a note: JSON on stdout")
+    _model_flags(annotate)
+    annotate.add_argument("--package", required=True, type=Path)
+    source = annotate.add_mutually_exclusive_group(required=True)
+    source.add_argument("--text", help="the note text")
+    source.add_argument("--file", type=Path, help="a UTF-8 text file holding one note")
+
+    info = sub.add_parser("info", help="base model, selected layers, parameters, provenance")
+    _model_flags(info)
+    info.add_argument("--package", type=Path, help="a model package to describe")
+    info.add_argument("--layers", help="describe this selection on the base (default top:8)")
+
+    demo = sub.add_parser("demo", help="the main job: train on BC5CDR, evaluate, annotate")
+    demo.add_argument("--state-dir", help="where caches, bases and packages live")
+    demo.add_argument("--quick", action="store_true", help="a smaller run for a smoke test")
+    return parser
+
+
+HANDLERS: dict[str, Callable[[argparse.Namespace], object]] = {
+    "train": commands.train,
+    "evaluate": commands.evaluate,
+    "annotate": commands.annotate,
+    "info": commands.info,
+    "demo": commands.demo,
+}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.INFO if args.verbose else logging.WARNING,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    try:
+        result = HANDLERS[args.command](args)
+    except NotesError as err:
+        return _fail(EXIT_INPUT, f"bad input: {err}")
+    except (ModelLoadError, PackageError) as err:
+        return _fail(EXIT_MODEL, str(err))
+    except ValueError as err:
+        return _fail(EXIT_USAGE, str(err))
+    except KeyboardInterrupt:
+        return _fail(130, "interrupted")
+    if result is not None:
+        print(json.dumps(result, indent=2, ensure_ascii=False))
+    return EXIT_OK
+
+
+def _fail(code: int, message: str) -> int:
+    print(f"appliance: error: {message}", file=sys.stderr)
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,196 @@
+"""What each `appliance` subcommand does; `cli.py` only parses flags and maps errors to exits."""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from appliance.config import ApplianceConfig, load_config
+from appliance.evaluation import evaluate_predictions
+from appliance.inference import Annotator
+from appliance.layers import LayerSelection
+from appliance.model import describe, load_model
+from appliance.notes import Note, NotesError, ReadResult
+from appliance.package import load_packaged_model, read_package, save_package
+from appliance.readers import read_notes
+from appliance.training import Trainer
+
+
+def config_from(args: argparse.Namespace) -> ApplianceConfig:
+    """CLI flags override the TOML file, which overrides the defaults."""
+    flag = lambda name: getattr(args, name, None)  # noqa: E731
+    no_cache = True if flag("no_cache") else None
+    return load_config(
+        flag("config"),
+        state_dir=flag("state_dir"),
+        **{
+            "model.base": flag("base"),
+            "model.attention": flag("attention"),
+            "model.quantization": flag("quantization"),
+            "train.layers": flag("layers"),
+            "train.epochs": flag("epochs"),
+            "train.batch_size": flag("batch_size"),
+            "train.learning_rate": flag("learning_rate"),
+            "train.seed": flag("seed"),
+            "train.max_train_notes": flag("max_train_notes"),
+            "train.max_dev_notes": flag("max_dev_notes"),
+            "train.use_cache": None if no_cache is None else False,
+        },
+    )
+
+
+def load_notes(
+    path: str, fmt: str, labels: tuple[str, ...] | None, skip_bad: bool, limit: int = 0
+) -> list[Note]:
+    """Read notes, report every skipped record on stderr, keep the first `limit` (0: all)."""
+    result: ReadResult = read_notes(
+        path, fmt=fmt, labels=set(labels) if labels else None, skip_bad=skip_bad
+    )
+    for skipped in result.skipped:
+        print(f"appliance: {skipped}", file=sys.stderr)
+    if result.skipped:
+        print(f"appliance: {len(result.skipped)} record(s) skipped in {path}", file=sys.stderr)
+    return result.notes[:limit] if limit else result.notes
+
+
+def file_digest(path: str) -> str:
+    target = Path(path)
+    files = sorted(target.rglob("*")) if target.is_dir() else [target]
+    digest = hashlib.sha256()
+    for item in files:
+        if item.is_file():
+            digest.update(item.read_bytes())
+    return "sha256:" + digest.hexdigest()
+
+
+def train(args: argparse.Namespace) -> dict[str, Any]:
+    cfg = config_from(args)
+    labels = cfg.train.labels
+    train_notes = load_notes(
+        args.train, args.format, labels, args.skip_bad, cfg.train.max_train_notes
+    )
+    dev_notes = (
+        load_notes(args.dev, args.format, labels, args.skip_bad, cfg.train.max_dev_notes)
+        if args.dev
+        else []
+    )
+    if Path(args.out).exists():
+        raise ValueError(f"{args.out}: already exists; choose a new package path")
+    loaded = load_model(cfg.model, labels, cfg.state_dir, cfg.train.layers)
+    selection = LayerSelection.parse(cfg.train.layers, loaded.num_layers)
+    started = time.perf_counter()
+    result = Trainer(loaded, selection, cfg.train, progress=not args.no_progress).fit(
+        train_notes, dev_notes
+    )
+    training = {
+        "config": cfg.to_dict(),
+        "data": {
+            "train": {
+                "path": args.train,
+                "digest": file_digest(args.train),
+                "notes": len(train_notes),
+            },
+            "dev": {
+                "path": args.dev,
+                "digest": file_digest(args.dev) if args.dev else None,
+                "notes": len(dev_notes),
+            },
+        },
+        "result": result.as_dict(),
+        "seconds": time.perf_counter() - started,
+    }
+    windowing = {"max_tokens": cfg.train.max_tokens, "context_tokens": cfg.train.context_tokens}
+    path = save_package(args.out, loaded, selection, windowing, training)
+    return {
+        "package": str(path),
+        "best_epoch": result.best_epoch,
+        "best_dev_f1": result.best_dev_f1,
+        "epochs_run": len(result.history),
+        "exchange": selection.report(loaded.model),
+    }
+
+
+def _packaged_annotator(args: argparse.Namespace) -> tuple[Annotator, dict[str, Any]]:
+    cfg = config_from(args)
+    base = getattr(args, "base", None)
+    loaded, package = load_packaged_model(args.package, cfg.state_dir, base, cfg.model.quantization)
+    windowing = package.meta["windowing"]
+    return Annotator(loaded, windowing["max_tokens"], windowing["context_tokens"]), package.meta
+
+
+def evaluate(args: argparse.Namespace) -> dict[str, Any]:
+    annotator, meta = _packaged_annotator(args)
+    types = tuple(t[2:] for t in meta["labels"] if t.startswith("B-"))
+    notes = load_notes(args.data, args.format, types, args.skip_bad, args.max_notes or 0)
+    started = time.perf_counter()
+    predictions = annotator.predict(notes)
+    metrics = evaluate_predictions(notes, predictions)
+    return {
+        "package": str(args.package),
+        "data": args.data,
+        "notes": len(notes),
+        "seconds": round(time.perf_counter() - started, 2),
+        **metrics,
+    }
+
+
+def read_text_file(path: Path) -> str:
+    try:
+        raw = path.read_bytes()
+    except OSError as err:
+        raise NotesError(str(path), 0, f"cannot read: {err.strerror}") from err
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as err:
+        line = raw[: err.start].count(b"\n") + 1
+        raise NotesError(str(path), line, f"not valid UTF-8 (byte {err.start})") from err
+
+
+def annotate(args: argparse.Namespace) -> list[dict[str, Any]]:
+    text = args.text if args.text is not None else read_text_file(args.file)
+    where = str(args.file) if args.file else "--text"
+    if not text.strip():
+        raise NotesError(where, 1, "the note is empty")
+    annotator, _ = _packaged_annotator(args)
+    spans = annotator.annotate([text])[0]
+    return [
+        {
+            "start": s.start,
+            "end": s.end,
+            "label": s.label,
+            "score": round(s.score or 0.0, 4),
+            "text": text[s.start : s.end],
+        }
+        for s in spans
+    ]
+
+
+def info(args: argparse.Namespace) -> dict[str, Any]:
+    cfg = config_from(args)
+    if args.package:
+        meta = read_package(args.package).meta
+        return {
+            "package": str(args.package),
+            "base": meta["base"],
+            "attention": meta["attention"],
+            "labels": meta["labels"],
+            "layers": meta["layers"],
+            "exchange": meta["exchange"],
+            "created": meta["created"],
+            "software": meta["software"],
+            "training": {k: meta["training"].get(k) for k in ("data", "result", "seconds")},
+        }
+    spec = args.layers or cfg.train.layers
+    loaded = load_model(cfg.model, cfg.train.labels, cfg.state_dir, spec)
+    selection = LayerSelection.parse(spec, loaded.num_layers)
+    return {**describe(loaded), "selection": selection.report(loaded.model)}
+
+
+def demo(args: argparse.Namespace) -> dict[str, Any]:
+    from appliance.demo import run_demo
+
+    return run_demo(args.state_dir, quick=args.quick)

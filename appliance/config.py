@@ -1,0 +1,136 @@
+"""Typed configuration of the appliance core, validated once at the boundary."""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+ATTENTION_MODES = ("bidirectional", "causal")
+QUANTIZATIONS = ("none", "nf4")
+DEFAULT_LABELS = ("Chemical", "Disease")
+
+
+@dataclass
+class ModelConfig:
+    """Which base model to load and how."""
+
+    base: str = field(
+        default="embedded",
+        metadata={"help": "'embedded' (SmolLM2-135M GGUF), a Hugging Face dir, or a .gguf file"},
+    )
+    attention: str = field(
+        default="bidirectional",
+        metadata={"help": "'bidirectional' (unmasked, chosen by F1) or 'causal'"},
+    )
+    quantization: str = field(
+        default="none", metadata={"help": "'none' (fp32) or 'nf4' (bitsandbytes 4-bit)"}
+    )
+
+    def __post_init__(self) -> None:
+        if self.attention not in ATTENTION_MODES:
+            raise ValueError(f"attention must be one of {ATTENTION_MODES}, got {self.attention!r}")
+        if self.quantization not in QUANTIZATIONS:
+            raise ValueError(
+                f"quantization must be one of {QUANTIZATIONS}, got {self.quantization!r}"
+            )
+        if not self.base:
+            raise ValueError("base must be 'embedded' or a path to a model")
+
+
+@dataclass
+class TrainConfig:
+    """How the selected layers are trained."""
+
+    layers: str = field(default="top:8", metadata={"help": "layer selection spec, e.g. top:8"})
+    labels: tuple[str, ...] = field(default=DEFAULT_LABELS, metadata={"help": "entity types"})
+    epochs: int = field(default=3, metadata={"help": "maximum epochs"})
+    batch_size: int = field(default=16, metadata={"help": "windows per optimizer step"})
+    learning_rate: float = field(default=3e-4, metadata={"help": "peak AdamW learning rate"})
+    head_learning_rate: float = field(default=1e-3, metadata={"help": "learning rate of the head"})
+    weight_decay: float = field(default=0.01, metadata={"help": "AdamW weight decay"})
+    warmup_ratio: float = field(default=0.06, metadata={"help": "share of steps warming up"})
+    max_grad_norm: float = field(default=1.0, metadata={"help": "gradient clipping norm"})
+    patience: int = field(default=2, metadata={"help": "epochs without dev F1 gain before stop"})
+    seed: int = field(default=13, metadata={"help": "seed for shuffling and the head init"})
+    max_tokens: int = field(default=256, metadata={"help": "model tokens per window"})
+    context_tokens: int = field(default=32, metadata={"help": "context tokens on each side"})
+    max_train_notes: int = field(default=0, metadata={"help": "use only the first N (0: all)"})
+    max_dev_notes: int = field(default=0, metadata={"help": "use only the first N (0: all)"})
+    use_cache: bool = field(default=True, metadata={"help": "frozen-prefix activation cache"})
+    cache_dir: str = field(default="", metadata={"help": "activation cache dir (default: state)"})
+
+    def __post_init__(self) -> None:
+        self.labels = tuple(self.labels)
+        positive = ("epochs", "batch_size", "max_tokens")
+        for name in positive:
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        for name in ("learning_rate", "head_learning_rate", "max_grad_norm"):
+            if not getattr(self, name) > 0:
+                raise ValueError(f"{name} must be > 0, got {getattr(self, name)}")
+        if not 0 <= self.warmup_ratio < 1:
+            raise ValueError(f"warmup_ratio must be in [0, 1), got {self.warmup_ratio}")
+        if self.context_tokens < 0 or self.max_tokens - 2 * self.context_tokens < 8:
+            raise ValueError(
+                f"max_tokens={self.max_tokens} leaves no room for context_tokens="
+                f"{self.context_tokens} on both sides (need max_tokens - 2*context >= 8)"
+            )
+        if not self.labels or len(set(self.labels)) != len(self.labels):
+            raise ValueError(f"labels must be distinct and non-empty, got {self.labels}")
+        if self.patience < 1:
+            raise ValueError(f"patience must be >= 1, got {self.patience}")
+
+
+@dataclass
+class ApplianceConfig:
+    """Everything the core needs; read from TOML (`[model]`, `[train]`) and CLI flags."""
+
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    state_dir: str = field(default="", metadata={"help": "state dir (default ~/.cache/appliance)"})
+
+    def __post_init__(self) -> None:
+        if not self.state_dir:
+            self.state_dir = os.environ.get(
+                "APPLIANCE_STATE_DIR", str(Path.home() / ".cache" / "appliance")
+            )
+        if not self.train.cache_dir:
+            self.train.cache_dir = str(Path(self.state_dir) / "activations")
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def _section(cls: type, raw: dict[str, Any], where: str) -> Any:
+    known = {f.name for f in fields(cls)}
+    unknown = sorted(set(raw) - known)
+    if unknown:
+        raise ValueError(f"{where}: unknown key(s) {unknown}; known: {sorted(known)}")
+    return cls(**raw)
+
+
+def load_config(path: str | Path | None = None, **overrides: Any) -> ApplianceConfig:
+    """Read a TOML config (optional) and apply `section.key` overrides (None values ignored)."""
+    raw: dict[str, Any] = {}
+    if path is not None:
+        try:
+            raw = tomllib.loads(Path(path).read_text(encoding="utf-8"))
+        except (OSError, tomllib.TOMLDecodeError, UnicodeDecodeError) as err:
+            raise ValueError(f"{path}: cannot read config: {err}") from err
+    model_raw = dict(raw.pop("model", {}))
+    train_raw = dict(raw.pop("train", {}))
+    for key, value in overrides.items():
+        if value is None:
+            continue
+        section, _, name = key.partition(".")
+        {"model": model_raw, "train": train_raw}.get(section, raw)[name or section] = value
+    where = str(path) if path else "config"
+    top = _section(ApplianceConfig, {k: v for k, v in raw.items()}, where) if raw else None
+    return ApplianceConfig(
+        model=_section(ModelConfig, model_raw, f"{where} [model]"),
+        train=_section(TrainConfig, train_raw, f"{where} [train]"),
+        state_dir=top.state_dir if top else "",
+    )

@@ -1,0 +1,139 @@
+"""Model packages: only the trained layers + head, label map, base fingerprint and provenance.
+
+A package directory holds `weights.safetensors` and `package.json`. It loads back onto the exact
+base it was trained from; any other base is refused.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import platform
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import transformers
+from safetensors.torch import load_file, save_file
+
+from appliance.config import ModelConfig
+from appliance.layers import LayerSelection
+from appliance.model import LoadedModel, load_model
+
+FORMAT = "appliance-model-package/1"
+WEIGHTS = "weights.safetensors"
+META = "package.json"
+
+
+class PackageError(ValueError):
+    """A package is unreadable, incomplete, or does not belong to the base it is loaded onto."""
+
+
+@dataclass(frozen=True)
+class ModelPackage:
+    path: Path
+    meta: dict[str, Any]
+    tensors: dict[str, torch.Tensor]
+
+    @property
+    def selection_spec(self) -> str:
+        return str(self.meta["layers"]["spec"])
+
+
+def save_package(
+    path: str | Path,
+    loaded: LoadedModel,
+    selection: LayerSelection,
+    windowing: dict[str, int],
+    training: dict[str, Any],
+) -> Path:
+    """Write the package atomically (a temp dir renamed into place)."""
+    target = Path(path)
+    tmp = target.with_name(target.name + ".partial")
+    tmp.mkdir(parents=True, exist_ok=True)
+    tensors = {
+        k: v.detach().contiguous().cpu() for k, v in selection.trained_state(loaded.model).items()
+    }
+    save_file(tensors, str(tmp / WEIGHTS))
+    meta = {
+        "format": FORMAT,
+        "created": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+        "base": {
+            "spec": loaded.config.base,
+            "path": loaded.source.display,
+            "fingerprint": loaded.fingerprint,
+            "num_layers": loaded.num_layers,
+            "hidden_size": loaded.model.config.hidden_size,
+        },
+        "attention": loaded.config.attention,
+        "labels": list(loaded.labels),
+        "layers": {"spec": selection.spec, "indices": list(selection.indices)},
+        "windowing": windowing,
+        "exchange": selection.report(loaded.model),
+        "training": training,
+        "software": {
+            "torch": torch.__version__,
+            "transformers": transformers.__version__,
+            "python": platform.python_version(),
+        },
+    }
+    (tmp / META).write_text(json.dumps(meta, indent=2), encoding="utf-8")
+    if target.exists():
+        raise PackageError(f"{target}: already exists; choose a new package path")
+    tmp.rename(target)
+    return target
+
+
+def read_package(path: str | Path) -> ModelPackage:
+    root = Path(path)
+    try:
+        meta = json.loads((root / META).read_text(encoding="utf-8"))
+        tensors = load_file(str(root / WEIGHTS))
+    except FileNotFoundError as err:
+        raise PackageError(
+            f"{root}: not a model package ({Path(err.filename).name} missing)"
+        ) from err
+    except (OSError, ValueError, json.JSONDecodeError) as err:
+        raise PackageError(f"{root}: unreadable model package: {err}") from err
+    if meta.get("format") != FORMAT:
+        raise PackageError(f"{root}: unknown package format {meta.get('format')!r}")
+    return ModelPackage(root, meta, tensors)
+
+
+def apply_package(loaded: LoadedModel, package: ModelPackage) -> None:
+    """Load the package's tensors into `loaded`; refuse a different base or label set."""
+    expected = package.meta["base"]["fingerprint"]
+    if loaded.fingerprint != expected:
+        raise PackageError(
+            f"{package.path}: trained on base {expected[:19]}..., but the loaded base "
+            f"{loaded.source.display} is {loaded.fingerprint[:19]}...; load it onto its own base"
+        )
+    if list(loaded.labels) != package.meta["labels"]:
+        raise PackageError(f"{package.path}: label set {package.meta['labels']} != model's")
+    state = loaded.model.state_dict()
+    for name, tensor in package.tensors.items():
+        if name not in state or state[name].shape != tensor.shape:
+            raise PackageError(f"{package.path}: tensor {name} does not fit the base model")
+    loaded.model.load_state_dict(package.tensors, strict=False)
+    loaded.model.config.appliance_attention = package.meta["attention"]
+    loaded.model.eval()
+
+
+def entity_types(package: ModelPackage) -> list[str]:
+    return [tag[2:] for tag in package.meta["labels"] if tag.startswith("B-")]
+
+
+def load_packaged_model(
+    path: str | Path, state_dir: str | Path, base: str | None = None, quantization: str = "none"
+) -> tuple[LoadedModel, ModelPackage]:
+    """Load a package's base (or `base`, e.g. where IT placed the weights on this box) + package."""
+    package = read_package(path)
+    config = ModelConfig(
+        base=base or package.meta["base"]["spec"],
+        attention=package.meta["attention"],
+        quantization=quantization,
+    )
+    loaded = load_model(config, entity_types(package), state_dir, package.selection_spec)
+    apply_package(loaded, package)
+    return loaded, package

@@ -1,0 +1,242 @@
+"""Train the selected layers + head: AdamW, warmup + linear decay, clipping, early stopping."""
+
+from __future__ import annotations
+
+import copy
+import logging
+import random
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+import torch
+from tqdm import tqdm
+from transformers import get_linear_schedule_with_warmup
+
+from appliance.cache import PrefixCache
+from appliance.config import TrainConfig
+from appliance.encoding import (
+    IGNORE,
+    EncodedWindow,
+    collate_ids,
+    collate_states,
+    encode_notes,
+    word_tags,
+)
+from appliance.evaluation import entity_scores
+from appliance.forward import full_logits, logits_from
+from appliance.inference import assemble, window_log_probs
+from appliance.layers import LayerSelection
+from appliance.model import LoadedModel
+from appliance.notes import Note
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class EpochStats:
+    epoch: int
+    loss: float
+    dev_f1: float
+    train_seconds: float
+    tokens: int
+
+    @property
+    def tokens_per_second(self) -> float:
+        return self.tokens / self.train_seconds if self.train_seconds else 0.0
+
+
+@dataclass
+class TrainResult:
+    history: list[EpochStats] = field(default_factory=list)
+    best_epoch: int = 0
+    best_dev_f1: float = 0.0
+    cache_seconds: float = 0.0
+    cache_hit: bool = False
+    stopped_early: bool = False
+
+    def as_dict(self) -> dict[str, object]:
+        out = asdict(self)
+        for row, stats in zip(out["history"], self.history, strict=True):
+            row["tokens_per_second"] = stats.tokens_per_second
+        return out
+
+
+def seed_everything(seed: int) -> torch.Generator:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+    return torch.Generator().manual_seed(seed)
+
+
+def epoch_batches(lengths: Sequence[int], batch_size: int, gen: torch.Generator) -> list[list[int]]:
+    """Shuffled batches of similar length: sort within random pools of 50 batches, shuffle."""
+    order = torch.randperm(len(lengths), generator=gen).tolist()
+    pool = batch_size * 50
+    batches: list[list[int]] = []
+    for start in range(0, len(order), pool):
+        chunk = sorted(order[start : start + pool], key=lambda i: lengths[i])
+        batches += [chunk[i : i + batch_size] for i in range(0, len(chunk), batch_size)]
+    return [batches[i] for i in torch.randperm(len(batches), generator=gen).tolist()]
+
+
+def build_optimizer(
+    model: torch.nn.Module, selection: LayerSelection, cfg: TrainConfig
+) -> torch.optim.AdamW:
+    """AdamW; no weight decay on norms and biases; the fresh head gets its own learning rate."""
+    groups: dict[str, list[torch.nn.Parameter]] = {"decay": [], "no_decay": [], "head": []}
+    for name, param in model.named_parameters():
+        if not param.requires_grad:
+            continue
+        if name.startswith("score."):
+            groups["head"].append(param)
+        elif param.ndim < 2:
+            groups["no_decay"].append(param)
+        else:
+            groups["decay"].append(param)
+    return torch.optim.AdamW(
+        [
+            {"params": groups["decay"], "lr": cfg.learning_rate, "weight_decay": cfg.weight_decay},
+            {"params": groups["no_decay"], "lr": cfg.learning_rate, "weight_decay": 0.0},
+            {"params": groups["head"], "lr": cfg.head_learning_rate, "weight_decay": 0.0},
+        ]
+    )
+
+
+def batch_loss(
+    loaded: LoadedModel,
+    windows: Sequence[EncodedWindow],
+    states: Sequence[torch.Tensor] | None,
+    first_layer: int,
+) -> torch.Tensor:
+    """Mean token cross-entropy of one batch, from cached prefix states when given."""
+    ids, mask, labels = collate_ids(windows, int(loaded.tokenizer.pad_token_id))
+    if states is not None:
+        logits = logits_from(loaded.model, collate_states(states), mask, first_layer)
+    else:
+        logits = full_logits(loaded.model, ids, mask)
+    return torch.nn.functional.cross_entropy(
+        logits.flatten(0, 1).float(), labels.flatten(), ignore_index=IGNORE
+    )
+
+
+class Trainer:
+    """Fits one `LayerSelection` of a loaded model on annotated notes."""
+
+    def __init__(
+        self,
+        loaded: LoadedModel,
+        selection: LayerSelection,
+        cfg: TrainConfig,
+        progress: bool = True,
+        fresh_head: bool = True,
+    ) -> None:
+        self.loaded, self.selection, self.cfg, self.progress = loaded, selection, cfg, progress
+        self.fresh_head = fresh_head
+        selection.apply(loaded.model)
+        self.first = selection.first
+
+    def _init_head(self, gen: torch.Generator) -> None:
+        """Seeded head init, so a run repeats whatever the RNG did while loading."""
+        score = self.loaded.model.score
+        std = float(getattr(self.loaded.model.config, "initializer_range", 0.02))
+        with torch.no_grad():
+            score.weight.copy_(torch.randn(score.weight.shape, generator=gen) * std)
+            if score.bias is not None:
+                score.bias.zero_()
+
+    def encode(self, notes: Sequence[Note]) -> list[EncodedWindow]:
+        return encode_notes(
+            self.loaded.tokenizer,
+            notes,
+            self.loaded.labels,
+            self.cfg.max_tokens,
+            self.cfg.context_tokens,
+        )
+
+    def prefix(self, windows: list[EncodedWindow]) -> tuple[list[torch.Tensor] | None, bool]:
+        if not self.cfg.use_cache or self.first == 0:
+            return None, False
+        return PrefixCache(self.loaded, self.first, self.cfg.cache_dir).states(windows)
+
+    def dev_f1(
+        self, notes: Sequence[Note], windows: list[EncodedWindow], states: list[torch.Tensor] | None
+    ) -> float:
+        log_probs = window_log_probs(self.loaded, windows, states, self.first if states else 0)
+        predictions = assemble(len(notes), windows, log_probs, self.loaded.labels)
+        gold = [word_tags(p.words, n.entities) for n, p in zip(notes, predictions, strict=True)]
+        return entity_scores(gold, [p.tags for p in predictions])["overall"].f1
+
+    def fit(self, train_notes: Sequence[Note], dev_notes: Sequence[Note]) -> TrainResult:
+        """Train; keep the weights of the epoch with the best dev F1."""
+        gen = seed_everything(self.cfg.seed)
+        if self.fresh_head:
+            self._init_head(gen)
+        train, dev = self.encode(train_notes), self.encode(dev_notes)
+        if not train:
+            raise ValueError("no training windows: the training notes are empty")
+        result = TrainResult()
+        started = time.perf_counter()
+        train_states, hit = self.prefix(train)
+        dev_states, _ = self.prefix(dev) if dev else (None, False)
+        result.cache_seconds, result.cache_hit = time.perf_counter() - started, hit
+        optimizer = build_optimizer(self.loaded.model, self.selection, self.cfg)
+        steps = self.cfg.epochs * -(-len(train) // self.cfg.batch_size)
+        scheduler = get_linear_schedule_with_warmup(
+            optimizer, int(self.cfg.warmup_ratio * steps), steps
+        )
+        best_state: dict[str, torch.Tensor] = {}
+        stale = 0
+        for epoch in range(1, self.cfg.epochs + 1):
+            stats = self._epoch(epoch, train, train_states, optimizer, scheduler, gen)
+            stats.dev_f1 = self.dev_f1(dev_notes, dev, dev_states) if dev else 0.0
+            result.history.append(stats)
+            log.info("epoch %d: loss %.4f dev F1 %.4f", epoch, stats.loss, stats.dev_f1)
+            if not best_state or stats.dev_f1 > result.best_dev_f1:
+                result.best_epoch, result.best_dev_f1, stale = epoch, stats.dev_f1, 0
+                best_state = copy.deepcopy(self.selection.trained_state(self.loaded.model))
+            else:
+                stale += 1
+                if stale >= self.cfg.patience:
+                    result.stopped_early = True
+                    break
+        self.loaded.model.load_state_dict(best_state, strict=False)
+        self.loaded.model.eval()
+        return result
+
+    def _epoch(
+        self,
+        epoch: int,
+        train: list[EncodedWindow],
+        states: list[torch.Tensor] | None,
+        optimizer: torch.optim.Optimizer,
+        scheduler: torch.optim.lr_scheduler.LRScheduler,
+        gen: torch.Generator,
+    ) -> EpochStats:
+        model = self.loaded.model
+        model.train()
+        batches = epoch_batches([len(w) for w in train], self.cfg.batch_size, gen)
+        total_loss, tokens, started = 0.0, 0, time.perf_counter()
+        bar = tqdm(batches, desc=f"epoch {epoch}", unit="batch", disable=not self.progress)
+        for batch in bar:
+            windows = [train[i] for i in batch]
+            loss = batch_loss(
+                self.loaded,
+                windows,
+                [states[i] for i in batch] if states else None,
+                self.first if states else 0,
+            )
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(
+                [p for p in model.parameters() if p.requires_grad], self.cfg.max_grad_norm
+            )
+            optimizer.step()
+            scheduler.step()
+            total_loss += loss.item()
+            tokens += sum(len(w) for w in windows)
+            rate = tokens / (time.perf_counter() - started)
+            bar.set_postfix(loss=f"{loss.item():.4f}", tok_s=f"{rate:.0f}")
+        seconds = time.perf_counter() - started
+        return EpochStats(epoch, total_loss / max(len(batches), 1), 0.0, seconds, tokens)

@@ -1,0 +1,1 @@
+"""Federated nightly rounds over Flower (filled by the federation issue)."""

@@ -1,0 +1,1 @@
+"""gRPC serving of clinical NER (filled by the serving issue)."""

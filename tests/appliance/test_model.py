@@ -1,0 +1,109 @@
+"""Model loading from local files only: HF directory, GGUF (the embedded default), NF4."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+from appliance.config import ModelConfig
+from appliance.forward import full_logits
+from appliance.model import (
+    ModelLoadError,
+    bio_tags,
+    embedded_source,
+    fingerprint_source,
+    load_model,
+    resolve_source,
+)
+
+
+def test_offline_mode_is_forced():
+    import appliance  # noqa: F401
+
+    assert os.environ["HF_HUB_OFFLINE"] == "1"
+
+
+def test_loads_hf_directory_with_fresh_bio_head(tiny_llama: Path, tmp_path: Path):
+    loaded = load_model(ModelConfig(base=str(tiny_llama)), ("Chemical", "Disease"), tmp_path)
+    assert loaded.labels == ("O", "B-Chemical", "I-Chemical", "B-Disease", "I-Disease")
+    assert loaded.model.score.out_features == 5
+    assert loaded.model.config.id2label[1] == "B-Chemical"
+    assert loaded.fingerprint.startswith("sha256:")
+    assert loaded.tokenizer.is_fast
+
+
+def test_attention_switch_changes_outputs_only_where_future_matters(
+    tiny_llama: Path, tmp_path: Path
+):
+    causal = load_model(ModelConfig(base=str(tiny_llama), attention="causal"), ("X",), tmp_path)
+    bidi = load_model(
+        ModelConfig(base=str(tiny_llama), attention="bidirectional"), ("X",), tmp_path
+    )
+    bidi.model.load_state_dict(causal.model.state_dict())
+    ids = torch.tensor([[5, 6, 7, 8, 9]])
+    mask = torch.ones_like(ids)
+    with torch.no_grad():
+        out_c, out_b = full_logits(causal.model, ids, mask), full_logits(bidi.model, ids, mask)
+        hf = causal.model(input_ids=ids).logits
+    torch.testing.assert_close(out_c, hf, atol=1e-5, rtol=1e-5)  # causal == HF's own forward
+    assert not torch.allclose(out_c[0, 0], out_b[0, 0])  # first token sees the future
+
+
+def test_padding_does_not_change_valid_positions(tiny_llama: Path, tmp_path: Path):
+    loaded = load_model(ModelConfig(base=str(tiny_llama)), ("X",), tmp_path)
+    ids = torch.tensor([[5, 6, 7, 0, 0], [5, 6, 7, 8, 9]])
+    mask = torch.tensor([[1, 1, 1, 0, 0], [1, 1, 1, 1, 1]])
+    with torch.no_grad():
+        batched = full_logits(loaded.model, ids, mask)
+        alone = full_logits(loaded.model, ids[:1, :3], mask[:1, :3])
+    torch.testing.assert_close(batched[0, :3], alone[0], atol=1e-5, rtol=1e-5)
+
+
+def test_missing_or_invalid_base_is_a_clear_error(tmp_path: Path):
+    with pytest.raises(ModelLoadError, match="no such model directory or .gguf file"):
+        resolve_source(str(tmp_path / "nowhere"))
+    with pytest.raises(ModelLoadError, match="no config.json"):
+        resolve_source(str(tmp_path))
+    (tmp_path / "config.json").write_text("{}")
+    with pytest.raises(ModelLoadError, match="no \\*.safetensors weights"):
+        resolve_source(str(tmp_path))
+
+
+def test_fingerprint_differs_between_bases(tiny_llama: Path, other_tiny_llama: Path):
+    a = fingerprint_source(resolve_source(str(tiny_llama)))
+    b = fingerprint_source(resolve_source(str(other_tiny_llama)))
+    assert a != b
+    assert a == fingerprint_source(resolve_source(str(tiny_llama)))
+
+
+def test_nf4_quantizes_frozen_layers_and_keeps_trained_ones(tiny_llama: Path, tmp_path: Path):
+    bnb = pytest.importorskip("bitsandbytes")
+    fp32 = load_model(ModelConfig(base=str(tiny_llama)), ("X",), tmp_path)
+    nf4 = load_model(
+        ModelConfig(base=str(tiny_llama), quantization="nf4"), ("X",), tmp_path, "top:1"
+    )
+    assert isinstance(nf4.model.model.layers[0].self_attn.q_proj, bnb.nn.Linear4bit)
+    assert not isinstance(nf4.model.model.layers[3].self_attn.q_proj, bnb.nn.Linear4bit)
+    assert not isinstance(nf4.model.score, bnb.nn.Linear4bit)
+    nf4.model.score.load_state_dict(fp32.model.score.state_dict())
+    ids = torch.tensor([[5, 6, 7, 8]])
+    with torch.no_grad():
+        a = full_logits(fp32.model, ids, torch.ones_like(ids))
+        b = full_logits(nf4.model, ids, torch.ones_like(ids))
+    assert torch.isfinite(b).all()
+    assert (a - b).abs().max() < 1.0  # 4-bit noise, not garbage
+
+
+def test_embedded_gguf_model_loads_as_a_30_layer_token_classifier(tmp_path: Path):
+    source = embedded_source()
+    assert source.gguf_file and source.gguf_file.endswith(".gguf")
+    loaded = load_model(ModelConfig(base="embedded"), ("Chemical", "Disease"), tmp_path)
+    assert loaded.num_layers == 30
+    assert loaded.model.config.tie_word_embeddings
+    assert loaded.model.score.out_features == len(bio_tags(("Chemical", "Disease")))
+    enc = loaded.tokenizer("Cisplatin nephrotoxicity", return_offsets_mapping=True)
+    assert enc["offset_mapping"][-1][1] == len("Cisplatin nephrotoxicity")
+    assert (tmp_path / "bases").is_dir()  # dequantized once, reused by later loads

@@ -1,0 +1,126 @@
+"""Training is seeded and learns; packages round-trip and refuse a foreign base."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from appliance.config import ModelConfig, TrainConfig
+from appliance.evaluation import evaluate_predictions
+from appliance.inference import Annotator
+from appliance.layers import LayerSelection
+from appliance.model import load_model
+from appliance.package import PackageError, load_packaged_model, read_package, save_package
+from appliance.readers import read_jsonl
+from appliance.training import Trainer
+from tests.appliance.corpus import write_jsonl
+
+LABELS = ("Chemical", "Disease")
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory: pytest.TempPathFactory) -> dict[str, list]:
+    root = tmp_path_factory.mktemp("corpus")
+    return {
+        "train": read_jsonl(write_jsonl(root / "train.jsonl", 160, seed=1)).notes,
+        "dev": read_jsonl(write_jsonl(root / "dev.jsonl", 40, seed=2)).notes,
+    }
+
+
+def _train(tiny_llama: Path, tmp_path: Path, corpus: dict, spec: str = "top:2", epochs: int = 4):
+    cfg = TrainConfig(
+        layers=spec,
+        epochs=epochs,
+        batch_size=8,
+        learning_rate=3e-3,
+        head_learning_rate=1e-2,
+        patience=epochs,
+        cache_dir=str(tmp_path / "act"),
+    )
+    loaded = load_model(ModelConfig(base=str(tiny_llama)), LABELS, tmp_path, spec)
+    selection = LayerSelection.parse(spec, loaded.num_layers)
+    result = Trainer(loaded, selection, cfg, progress=False).fit(corpus["train"], corpus["dev"])
+    return loaded, selection, result, cfg
+
+
+def test_training_learns_the_tiny_corpus(tiny_llama: Path, tmp_path: Path, corpus: dict):
+    loaded, _, result, cfg = _train(tiny_llama, tmp_path, corpus)
+    losses = [h.loss for h in result.history]
+    assert losses[-1] < 0.5 * losses[0]
+    assert result.best_dev_f1 > 0.8
+    predictions = Annotator(loaded, cfg.max_tokens, cfg.context_tokens).predict(corpus["dev"])
+    assert evaluate_predictions(corpus["dev"], predictions)["span_exact"]["overall"]["f1"] > 0.8
+
+
+def test_training_is_repeatable_with_a_seed(tiny_llama: Path, tmp_path: Path, corpus: dict):
+    a, sel, _, _ = _train(tiny_llama, tmp_path / "a", corpus, epochs=1)
+    b, _, _, _ = _train(tiny_llama, tmp_path / "b", corpus, epochs=1)
+    for name, tensor in sel.trained_state(a.model).items():
+        torch.testing.assert_close(tensor, sel.trained_state(b.model)[name], rtol=0, atol=0)
+
+
+def test_only_selected_layers_change(tiny_llama: Path, tmp_path: Path, corpus: dict):
+    before = load_model(ModelConfig(base=str(tiny_llama)), LABELS, tmp_path).model.state_dict()
+    loaded, selection, _, _ = _train(tiny_llama, tmp_path, corpus, spec="layers:1", epochs=1)
+    for name, tensor in loaded.model.state_dict().items():
+        changed = not torch.equal(tensor, before[name])
+        assert changed == (name.startswith("model.layers.1.") or name.startswith("score.")), name
+
+
+def test_early_stopping_keeps_the_best_epoch(tiny_llama: Path, tmp_path: Path, corpus: dict):
+    cfg = TrainConfig(
+        layers="head",
+        epochs=6,
+        learning_rate=1e-9,
+        head_learning_rate=1e-9,
+        patience=1,
+        cache_dir=str(tmp_path / "act"),
+    )
+    loaded = load_model(ModelConfig(base=str(tiny_llama)), LABELS, tmp_path)
+    selection = LayerSelection.parse("head", loaded.num_layers)
+    result = Trainer(loaded, selection, cfg, progress=False).fit(corpus["train"], corpus["dev"])
+    assert result.stopped_early  # nothing can improve at lr 1e-9
+    assert len(result.history) == 2 and result.best_epoch == 1
+
+
+def test_package_round_trip_restores_predictions(tiny_llama: Path, tmp_path: Path, corpus: dict):
+    loaded, selection, result, cfg = _train(tiny_llama, tmp_path, corpus, epochs=2)
+    path = save_package(
+        tmp_path / "pkg",
+        loaded,
+        selection,
+        {"max_tokens": 256, "context_tokens": 32},
+        {"result": result.as_dict()},
+    )
+    package = read_package(path)
+    assert set(package.tensors) == set(selection.trained_state(loaded.model))
+    assert not any(k.startswith(("model.layers.0.", "model.embed")) for k in package.tensors)
+    meta = json.loads((path / "package.json").read_text())
+    assert meta["base"]["fingerprint"] == loaded.fingerprint
+    assert meta["labels"][0] == "O" and meta["layers"]["indices"] == [2, 3]
+    restored, _ = load_packaged_model(path, tmp_path)
+    texts = [n.text for n in corpus["dev"][:10]]
+    original = Annotator(loaded, 256, 32).annotate(texts)
+    assert Annotator(restored, 256, 32).annotate(texts) == original
+    assert any(original)
+
+
+def test_package_refuses_a_different_base(
+    tiny_llama: Path, other_tiny_llama: Path, tmp_path: Path, corpus: dict
+):
+    loaded, selection, _, _ = _train(tiny_llama, tmp_path, corpus, epochs=1)
+    path = save_package(
+        tmp_path / "pkg", loaded, selection, {"max_tokens": 256, "context_tokens": 32}, {}
+    )
+    with pytest.raises(PackageError, match="trained on base sha256:.*load it onto its own base"):
+        load_packaged_model(path, tmp_path, base=str(other_tiny_llama))
+    with pytest.raises(PackageError, match="already exists"):
+        save_package(path, loaded, selection, {}, {})
+
+
+def test_unreadable_package_is_a_clear_error(tmp_path: Path):
+    with pytest.raises(PackageError, match="not a model package \\(package.json missing\\)"):
+        read_package(tmp_path)
