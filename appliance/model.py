@@ -7,6 +7,7 @@ import importlib.util
 import logging
 import os
 import re
+import shutil
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -166,7 +167,12 @@ def _materialize_gguf(source: BaseSource, fingerprint: str, state_dir: Path) -> 
         tmp = target.with_name(target.name + f".tmp{os.getpid()}")
         model.model.save_pretrained(str(tmp))
         load_tokenizer(source).save_pretrained(str(tmp))
-        tmp.rename(target)
+        try:
+            tmp.rename(target)
+        except OSError:
+            if not (target / "config.json").is_file():
+                raise
+            shutil.rmtree(tmp, ignore_errors=True)  # another process materialized it first
     return target
 
 

@@ -50,6 +50,8 @@ def save_package(
 ) -> Path:
     """Write the package atomically (a temp dir renamed into place)."""
     target = Path(path)
+    if target.exists():
+        raise PackageError(f"{target}: already exists; choose a new package path")
     tmp = target.with_name(target.name + ".partial")
     tmp.mkdir(parents=True, exist_ok=True)
     tensors = {
@@ -79,8 +81,6 @@ def save_package(
         },
     }
     (tmp / META).write_text(json.dumps(meta, indent=2), encoding="utf-8")
-    if target.exists():
-        raise PackageError(f"{target}: already exists; choose a new package path")
     tmp.rename(target)
     return target
 

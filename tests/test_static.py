@@ -11,14 +11,17 @@ BIN = Path(sys.executable).parent
 
 
 def test_ruff_is_clean():
-    run = subprocess.run([str(BIN / "ruff"), "check", "."], cwd=ROOT, capture_output=True,
-                         text=True)
+    run = subprocess.run(
+        [str(BIN / "ruff"), "check", "."], cwd=ROOT, capture_output=True, text=True
+    )
     assert run.returncode == 0, run.stdout + run.stderr
 
 
 def test_mypy_is_clean():
     run = subprocess.run(
         [sys.executable, "-m", "mypy", "appliance", "serving", "federation", "benchmarks"],
-        cwd=ROOT, capture_output=True, text=True,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
     )
     assert run.returncode == 0, run.stdout + run.stderr
