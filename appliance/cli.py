@@ -47,8 +47,17 @@ def build_parser() -> argparse.ArgumentParser:
     train = sub.add_parser("train", help="train selected layers on annotated notes")
     _model_flags(train)
     _data_flags(train)
-    train.add_argument("--train", required=True, help="training notes (file or BRAT dir)")
-    train.add_argument("--dev", help="dev notes for early stopping (default: none)")
+    train.add_argument(
+        "--train", required=True, nargs="+", help="training notes: one or more files/BRAT dirs"
+    )
+    dev = train.add_mutually_exclusive_group()
+    dev.add_argument("--dev", nargs="+", help="dev notes for early stopping (default: none)")
+    dev.add_argument(
+        "--dev-split",
+        type=int,
+        metavar="N",
+        help="hold out the last N training notes as the dev set instead of --dev",
+    )
     train.add_argument("--out", required=True, type=Path, help="model package dir to create")
     train.add_argument("--layers", help="layer spec: top:N, bottom:N, layers:i,j, all, head")
     train.add_argument("--attention", choices=ATTENTION_MODES, help="default: bidirectional")

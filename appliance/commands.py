@@ -44,22 +44,28 @@ def config_from(args: argparse.Namespace) -> ApplianceConfig:
 
 
 def load_notes(
-    path: str, fmt: str, labels: tuple[str, ...] | None, skip_bad: bool, limit: int = 0
+    paths: str | list[str],
+    fmt: str,
+    labels: tuple[str, ...] | None,
+    skip_bad: bool,
+    limit: int = 0,
 ) -> list[Note]:
     """Read notes, report every skipped record on stderr, keep the first `limit` (0: all)."""
-    result: ReadResult = read_notes(
-        path, fmt=fmt, labels=set(labels) if labels else None, skip_bad=skip_bad
-    )
-    for skipped in result.skipped:
-        print(f"appliance: {skipped}", file=sys.stderr)
-    if result.skipped:
-        print(f"appliance: {len(result.skipped)} record(s) skipped in {path}", file=sys.stderr)
+    result = ReadResult()
+    for path in [paths] if isinstance(paths, str) else paths:
+        part = read_notes(path, fmt=fmt, labels=set(labels) if labels else None, skip_bad=skip_bad)
+        for skipped in part.skipped:
+            print(f"appliance: {skipped}", file=sys.stderr)
+        if part.skipped:
+            print(f"appliance: {len(part.skipped)} record(s) skipped in {path}", file=sys.stderr)
+        result.extend(part)
     return result.notes[:limit] if limit else result.notes
 
 
-def file_digest(path: str) -> str:
-    target = Path(path)
-    files = sorted(target.rglob("*")) if target.is_dir() else [target]
+def file_digest(paths: list[str]) -> str:
+    files: list[Path] = []
+    for path in map(Path, paths):
+        files += sorted(path.rglob("*")) if path.is_dir() else [path]
     digest = hashlib.sha256()
     for item in files:
         if item.is_file():
@@ -78,6 +84,13 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
         if args.dev
         else []
     )
+    if args.dev_split:
+        if not 0 < args.dev_split < len(train_notes):
+            raise ValueError(
+                f"--dev-split {args.dev_split}: need 0 < N < {len(train_notes)} "
+                "(the number of training notes)"
+            )
+        train_notes, dev_notes = train_notes[: -args.dev_split], train_notes[-args.dev_split :]
     if Path(args.out).exists():
         raise ValueError(f"{args.out}: already exists; choose a new package path")
     loaded = load_model(cfg.model, labels, cfg.state_dir, cfg.train.layers)
@@ -97,6 +110,7 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
             "dev": {
                 "path": args.dev,
                 "digest": file_digest(args.dev) if args.dev else None,
+                "split_from_train": args.dev_split or 0,
                 "notes": len(dev_notes),
             },
         },

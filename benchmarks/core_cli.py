@@ -37,6 +37,13 @@ def main() -> None:
     parser.add_argument("--attention", default="bidirectional")
     parser.add_argument("--epochs", type=int, default=3)
     parser.add_argument("--max-dev-notes", type=int, default=1000)
+    parser.add_argument(
+        "--with-devel",
+        type=int,
+        default=0,
+        metavar="N",
+        help="train on train.tsv + devel.tsv, holding out the last N devel sentences as dev",
+    )
     parser.add_argument("--state-dir", default=str(Path.home() / ".cache" / "appliance"))
     args = parser.parse_args()
     package = (
@@ -45,17 +52,29 @@ def main() -> None:
         / f"bc5cdr-{args.layers.replace(':', '')}-{int(time.time())}"
     )
     cli = str(ROOT / ".venv" / "bin" / "appliance")
+    if args.with_devel:
+        data = [
+            "--train",
+            "data/bc5cdr/train.tsv",
+            "data/bc5cdr/devel.tsv",
+            "--dev-split",
+            str(args.with_devel),
+        ]
+    else:
+        data = [
+            "--train",
+            "data/bc5cdr/train.tsv",
+            "--dev",
+            "data/bc5cdr/devel.tsv",
+            "--max-dev-notes",
+            str(args.max_dev_notes),
+        ]
     train_cmd = [
         cli,
         "train",
         "--state-dir",
         args.state_dir,
-        "--train",
-        "data/bc5cdr/train.tsv",
-        "--dev",
-        "data/bc5cdr/devel.tsv",
-        "--max-dev-notes",
-        str(args.max_dev_notes),
+        *data,
         "--layers",
         args.layers,
         "--attention",
@@ -91,9 +110,10 @@ def main() -> None:
         "and cache build)",
         f"- evaluate: `{shlex.join(eval_cmd[1:])}` ({eval_s / 60:.1f} min wall)",
         "",
-        f"All {meta['training']['data']['train']['notes']} train sentences, the first "
-        f"{meta['training']['data']['dev']['notes']} devel sentences for early stopping, all "
-        f"{evaluated['notes']} test sentences.",
+        f"{meta['training']['data']['train']['notes']} training sentences "
+        f"({' + '.join(Path(p).name for p in meta['training']['data']['train']['path'])}), "
+        f"{meta['training']['data']['dev']['notes']} devel sentences held out for early "
+        f"stopping, all {evaluated['notes']} test sentences.",
         "",
         "| metric | precision | recall | F1 |",
         "|---|---|---|---|",

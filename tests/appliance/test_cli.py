@@ -194,3 +194,34 @@ def test_errors_have_exit_codes_and_messages(
     with pytest.raises(SystemExit) as usage:
         main(["train"])
     assert usage.value.code == EXIT_USAGE
+
+
+def test_train_on_several_files_with_a_held_out_dev_split(
+    trained: dict[str, Path], capsys: pytest.CaptureFixture[str]
+):
+    root = trained["root"]
+    argv = [
+        "train",
+        "--config",
+        str(trained["config"]),
+        "--train",
+        str(root / "train.jsonl"),
+        str(trained["dev"]),
+        "--dev-split",
+        "30",
+        "--layers",
+        "head",
+        "--epochs",
+        "1",
+        "--out",
+        str(root / "pkg-split"),
+        "--no-progress",
+    ]
+    code, result, _ = _run(capsys, argv)
+    assert code == 0 and result["epochs_run"] == 1
+    code, info, _ = _run(capsys, ["info", "--package", str(root / "pkg-split")])
+    data = info["training"]["data"]
+    assert data["train"]["notes"] == 170 and data["dev"]["notes"] == 30
+    assert data["dev"]["split_from_train"] == 30
+    code, _, err = _run(capsys, [*argv[:-3], "--dev-split", "999", "--out", str(root / "x")])
+    assert code == EXIT_USAGE and "--dev-split 999: need 0 < N < 200" in err
