@@ -37,6 +37,7 @@ def cache_key(loaded: LoadedModel, first_layer: int, windows: Sequence[EncodedWi
     frozen = {
         "base": loaded.fingerprint,
         "attention": loaded.config.attention,
+        "unmask_from": int(getattr(loaded.model.config, "appliance_unmask_from", -1)),
         "quantization": loaded.config.quantization,
         "first_layer": first_layer,
         "torch": torch.__version__,

@@ -60,7 +60,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     train.add_argument("--out", required=True, type=Path, help="model package dir to create")
     train.add_argument("--layers", help="layer spec: top:N, bottom:N, layers:i,j, all, head")
-    train.add_argument("--attention", choices=ATTENTION_MODES, help="default: bidirectional")
+    train.add_argument("--attention", choices=ATTENTION_MODES, help="default: see README")
     train.add_argument("--epochs", type=int, help="maximum epochs (default 3)")
     train.add_argument("--batch-size", type=int, help="windows per step (default 16)")
     train.add_argument("--learning-rate", type=float, help="layers' peak LR (default 3e-4)")

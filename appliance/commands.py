@@ -11,7 +11,7 @@ from typing import Any
 
 from appliance.config import ApplianceConfig, load_config
 from appliance.evaluation import evaluate_predictions
-from appliance.inference import Annotator
+from appliance.inference import Annotator, spans_as_json
 from appliance.layers import LayerSelection
 from appliance.model import describe, load_model
 from appliance.notes import Note, NotesError, ReadResult
@@ -170,17 +170,7 @@ def annotate(args: argparse.Namespace) -> list[dict[str, Any]]:
     if not text.strip():
         raise NotesError(where, 1, "the note is empty")
     annotator, _ = _packaged_annotator(args)
-    spans = annotator.annotate([text])[0]
-    return [
-        {
-            "start": s.start,
-            "end": s.end,
-            "label": s.label,
-            "score": round(s.score or 0.0, 4),
-            "text": text[s.start : s.end],
-        }
-        for s in spans
-    ]
+    return spans_as_json(text, annotator.annotate([text])[0])
 
 
 def info(args: argparse.Namespace) -> dict[str, Any]:

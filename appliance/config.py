@@ -8,7 +8,7 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-ATTENTION_MODES = ("bidirectional", "causal")
+ATTENTION_MODES = ("bidirectional", "causal", "bidirectional-trained")
 QUANTIZATIONS = ("none", "nf4")
 DEFAULT_LABELS = ("Chemical", "Disease")
 
@@ -22,8 +22,11 @@ class ModelConfig:
         metadata={"help": "'embedded' (SmolLM2-135M GGUF), a Hugging Face dir, or a .gguf file"},
     )
     attention: str = field(
-        default="bidirectional",
-        metadata={"help": "'bidirectional' (unmasked, chosen by F1) or 'causal'"},
+        default="bidirectional-trained",
+        metadata={
+            "help": "'causal' (pre-training mask), 'bidirectional' (every layer unmasked) or "
+            "'bidirectional-trained' (only the trained layers unmasked)"
+        },
     )
     quantization: str = field(
         default="none", metadata={"help": "'none' (fp32) or 'nf4' (bitsandbytes 4-bit)"}

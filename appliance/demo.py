@@ -9,7 +9,7 @@ from typing import Any
 
 from appliance.config import ApplianceConfig, ModelConfig, TrainConfig
 from appliance.evaluation import evaluate_predictions
-from appliance.inference import Annotator
+from appliance.inference import Annotator, spans_as_json
 from appliance.layers import LayerSelection
 from appliance.model import load_model
 from appliance.package import save_package
@@ -35,7 +35,7 @@ def run_demo(state_dir: str | None, quick: bool = False) -> dict[str, Any]:
     """Train, evaluate and annotate; sizes fit the 2-core box (quick: a smoke run)."""
     sizes = (300, 150, 150) if quick else (2000, 500, 1000)
     cfg = ApplianceConfig(
-        model=ModelConfig(base="embedded", attention="bidirectional"),
+        model=ModelConfig(base="embedded"),
         train=TrainConfig(layers="top:8", epochs=1 if quick else 2, max_train_notes=sizes[0]),
         state_dir=state_dir or "",
     )
@@ -87,14 +87,5 @@ def run_demo(state_dir: str | None, quick: bool = False) -> dict[str, Any]:
         "package": None if quick else str(package_dir),
         "dev_f1_per_epoch": [round(h.dev_f1, 4) for h in result.history],
         "test": metrics,
-        "entities": [
-            {
-                "start": s.start,
-                "end": s.end,
-                "label": s.label,
-                "score": round(s.score or 0.0, 4),
-                "text": SAMPLE_NOTE[s.start : s.end],
-            }
-            for s in spans
-        ],
+        "entities": spans_as_json(SAMPLE_NOTE, spans),
     }

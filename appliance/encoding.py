@@ -10,7 +10,7 @@ import torch
 from transformers import PreTrainedTokenizerBase
 
 from appliance.notes import EntitySpan, Note, WordSpan
-from appliance.windows import Window, make_windows
+from appliance.windows import Window, make_windows, words_in_core
 
 IGNORE = -100
 
@@ -75,9 +75,7 @@ def _encode_window(
     word_token = tuple(owner[e - 1 - window.start] for _, e in window.words)
     if min(word_token, default=0) < 0:
         raise ValueError(f"note {note.note_id}: a word has no token (tokenizer offsets broken)")
-    core = tuple(
-        j for j, (s, _) in enumerate(window.words) if window.core_start <= s < window.core_end
-    )
+    core = tuple(words_in_core(window))
     labels = [IGNORE] * len(enc["input_ids"])
     if tag_ids is not None:
         tags = word_tags(window.words, note.entities)

@@ -29,8 +29,19 @@ def attention_bias(attention_mask: torch.Tensor, causal: bool, dtype: torch.dtyp
     return bias.masked_fill(~allowed, torch.finfo(dtype).min)
 
 
-def is_causal(model: Model) -> bool:
-    return getattr(model.config, "appliance_attention", "bidirectional") == "causal"
+def set_attention(model: Model, mode: str, first_trained: int) -> None:
+    """Record the attention mode; `bidirectional-trained` unmasks layers >= `first_trained`."""
+    model.config.appliance_attention = mode
+    model.config.appliance_unmask_from = {
+        "causal": model.config.num_hidden_layers,
+        "bidirectional": 0,
+        "bidirectional-trained": first_trained,
+    }[mode]
+
+
+def unmask_from(model: Model) -> int:
+    """Index of the first layer that attends both ways (num_layers: fully causal)."""
+    return int(getattr(model.config, "appliance_unmask_from", model.config.num_hidden_layers))
 
 
 def embed(model: Model, input_ids: torch.Tensor) -> torch.Tensor:
@@ -49,10 +60,18 @@ def run_layers(
     batch, length, _ = hidden.shape
     positions = torch.arange(length, device=hidden.device).unsqueeze(0).expand(batch, length)
     rotary = model.model.rotary_emb(hidden, position_ids=positions)
-    bias = attention_bias(attention_mask, is_causal(model), hidden.dtype)
-    for layer in model.model.layers[start:stop]:
-        hidden = layer(
-            hidden, attention_mask=bias, position_embeddings=rotary, position_ids=positions
+    first_unmasked = unmask_from(model)
+    biases: dict[bool, torch.Tensor] = {}
+    stop = len(model.model.layers) if stop is None else stop
+    for index in range(start, stop):
+        causal = index < first_unmasked
+        if causal not in biases:
+            biases[causal] = attention_bias(attention_mask, causal, hidden.dtype)
+        hidden = model.model.layers[index](
+            hidden,
+            attention_mask=biases[causal],
+            position_embeddings=rotary,
+            position_ids=positions,
         )
     return hidden
 

@@ -78,6 +78,20 @@ def assemble(
     return predictions
 
 
+def spans_as_json(text: str, spans: Sequence[EntitySpan]) -> list[dict[str, object]]:
+    """What `appliance annotate` prints: start, end (code points), label, score, text."""
+    return [
+        {
+            "start": s.start,
+            "end": s.end,
+            "label": s.label,
+            "score": round(s.score or 0.0, 4),
+            "text": text[s.start : s.end],
+        }
+        for s in spans
+    ]
+
+
 class Annotator:
     """Annotate raw notes with a loaded model (the core of `appliance annotate`)."""
 

@@ -26,6 +26,7 @@ from transformers import (
 from transformers.utils import logging as hf_logging
 
 from appliance.config import ModelConfig
+from appliance.forward import set_attention
 from appliance.layers import LayerSelection
 
 log = logging.getLogger(__name__)
@@ -212,7 +213,11 @@ def load_model(
         if isinstance(err, ModelLoadError):
             raise
         raise ModelLoadError(f"{source.display}: cannot load model: {err}") from err
-    model.config.appliance_attention = config.attention
+    set_attention(
+        model,
+        config.attention,
+        LayerSelection.parse(trained_spec, model.config.num_hidden_layers).first,
+    )
     model.eval()
     return LoadedModel(model, tokenizer, source, fingerprint, config, tags)
 

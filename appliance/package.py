@@ -18,6 +18,7 @@ import transformers
 from safetensors.torch import load_file, save_file
 
 from appliance.config import ModelConfig
+from appliance.forward import set_attention
 from appliance.layers import LayerSelection
 from appliance.model import LoadedModel, load_model
 
@@ -116,7 +117,8 @@ def apply_package(loaded: LoadedModel, package: ModelPackage) -> None:
         if name not in state or state[name].shape != tensor.shape:
             raise PackageError(f"{package.path}: tensor {name} does not fit the base model")
     loaded.model.load_state_dict(package.tensors, strict=False)
-    loaded.model.config.appliance_attention = package.meta["attention"]
+    selection = LayerSelection.parse(package.selection_spec, loaded.num_layers)
+    set_attention(loaded.model, package.meta["attention"], selection.first)
     loaded.model.eval()
 
 

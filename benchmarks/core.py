@@ -9,6 +9,7 @@ still leaves what it measured). Run from the repository root:
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import platform
 import shlex
@@ -31,6 +32,7 @@ from appliance.training import Trainer, build_optimizer, seed_everything  # noqa
 
 DATA = ROOT / "data" / "bc5cdr"
 RESULT = ROOT / "benchmarks" / "results" / "core.md"
+STORE = RESULT.with_suffix(".json")
 LABELS = ("Chemical", "Disease")
 
 
@@ -84,11 +86,11 @@ def run_config(args: argparse.Namespace, spec: str, attention: str, notes: dict)
     }
 
 
-def time_epochs(args: argparse.Namespace, notes: list, reps: int = 2) -> dict:
+def time_epochs(args: argparse.Namespace, notes: list, spec: str, reps: int = 2) -> dict:
     """One training epoch over the same windows with and without the cache, alternated."""
-    cfg = TrainConfig(layers="top:8", epochs=1, cache_dir=str(Path(args.state_dir) / "act-t"))
-    loaded = load_model(ModelConfig(base="embedded"), LABELS, args.state_dir, "top:8")
-    selection = LayerSelection.parse("top:8", loaded.num_layers)
+    cfg = TrainConfig(layers=spec, epochs=1, cache_dir=str(Path(args.state_dir) / "act-t"))
+    loaded = load_model(ModelConfig(base="embedded"), LABELS, args.state_dir, spec)
+    selection = LayerSelection.parse(spec, loaded.num_layers)
     trainer = Trainer(loaded, selection, cfg, progress=False)
     windows = trainer.encode(notes)
     started = time.perf_counter()
@@ -102,17 +104,51 @@ def time_epochs(args: argparse.Namespace, notes: list, reps: int = 2) -> dict:
             stats = trainer._epoch(1, windows, st, optimizer, scheduler, seed_everything(1))
             timings[name].append(stats.train_seconds)
     tokens = sum(len(w) for w in windows)
-    return {"windows": len(windows), "tokens": tokens, "build_s": build, **timings}
+    return {
+        "windows": len(windows),
+        "tokens": tokens,
+        "build_s": build,
+        "frozen": selection.first,
+        **timings,
+    }
+
+
+def render_timing(timing: dict) -> list[str]:
+    first = next(iter(timing.values()))
+    lines = [
+        "",
+        "## Epoch time with and without the frozen-prefix cache (default attention)",
+        "",
+        f"Same {first['windows']} windows ({first['tokens']:,} tokens), same batches, both paths "
+        "alternated in one process; best of the repetitions. The cache build is a one-off "
+        "forward pass of the frozen layers, reused by later epochs and later runs on the same "
+        "data.",
+        "",
+        "| layers | uncached s (each rep) | cached s (each rep) | tokens/s uncached / cached "
+        "| speed-up | cache build s |",
+        "|---|---|---|---|---|---|",
+    ]
+    for spec, t in timing.items():
+        unc, cac = min(t["uncached"]), min(t["cached"])
+        lines.append(
+            f"| {spec} | {[round(x, 1) for x in t['uncached']]} "
+            f"| {[round(x, 1) for x in t['cached']]} "
+            f"| {t['tokens'] / unc:.0f} / {t['tokens'] / cac:.0f} | **{unc / cac:.2f}x** "
+            f"| {t['build_s']:.1f} |"
+        )
+    return lines
 
 
 def render(args: argparse.Namespace, rows: list[dict], timing: dict | None, sizes: dict) -> str:
-    cmd = ".venv/bin/python benchmarks/core.py " + shlex.join(sys.argv[1:])
+    commands = sorted(
+        {r["command"] for r in rows} | {t["command"] for t in (timing or {}).values()}
+    )
     lines = [
         "# Core benchmark: SmolLM2-135M token classifier on BC5CDR",
         "",
-        f"- command: `{cmd}`",
+        *[f"- command: `{c}`" for c in commands],
         f"- machine: {machine()}",
-        f"- date: {time.strftime('%Y-%m-%d %H:%M')}",
+        f"- date of the last run: {time.strftime('%Y-%m-%d %H:%M')}",
         f"- data: first {sizes['train']} train / {sizes['dev']} devel (early stopping) / "
         f"{sizes['test']} test sentences of the vendored BC5CDR; {args.epochs} epoch(s) at most",
         "- limits: budgets cut to fit a 2-core CPU box (see the README's notes on this file); "
@@ -129,25 +165,7 @@ def render(args: argparse.Namespace, rows: list[dict], timing: dict | None, size
             f"| {r['dev_f1']} | {r['cache_s']} |"
         )
     if timing:
-        unc, cac = min(timing["uncached"]), min(timing["cached"])
-        lines += [
-            "",
-            "## Epoch time with and without the frozen-prefix cache (`top:8`, bidirectional)",
-            "",
-            f"Same {timing['windows']} windows ({timing['tokens']:,} tokens), same batches, "
-            "alternated in one process; best of the repetitions.",
-            "",
-            "| path | epoch seconds (each rep) | tokens/s (best) |",
-            "|---|---|---|",
-            f"| uncached | {[round(t, 1) for t in timing['uncached']]} "
-            f"| {timing['tokens'] / unc:.0f} |",
-            f"| cached | {[round(t, 1) for t in timing['cached']]} "
-            f"| {timing['tokens'] / cac:.0f} |",
-            "",
-            f"Speed-up per epoch: **{unc / cac:.2f}x**. One-off cache build: "
-            f"{timing['build_s']:.1f} s (a forward pass of the 22 frozen layers), paid once and "
-            "reused by later epochs and later runs on the same data.",
-        ]
+        lines += render_timing(timing)
     return "\n".join(lines) + "\n"
 
 
@@ -158,9 +176,11 @@ def main() -> None:
     parser.add_argument("--test-notes", type=int, default=1500)
     parser.add_argument("--epochs", type=int, default=2)
     parser.add_argument("--timing-notes", type=int, default=256)
+    parser.add_argument("--timing-specs", default="top:8,top:4")
     parser.add_argument(
         "--configs",
-        default="top:8/bidirectional,top:8/causal,top:4/bidirectional,all/bidirectional",
+        default="top:8/bidirectional,top:8/causal,top:8/bidirectional-trained,"
+        "top:4/bidirectional-trained,all/bidirectional",
     )
     parser.add_argument("--state-dir", default=str(Path.home() / ".cache" / "appliance"))
     args = parser.parse_args()
@@ -170,14 +190,36 @@ def main() -> None:
         for k, n in sizes.items()
     }
     RESULT.parent.mkdir(parents=True, exist_ok=True)
-    timing = time_epochs(args, notes["train"][: args.timing_notes]) if args.timing_notes else None
-    rows: list[dict] = []
-    RESULT.write_text(render(args, rows, timing, sizes))
-    for item in args.configs.split(","):
+    command = ".venv/bin/python benchmarks/core.py " + shlex.join(sys.argv[1:])
+    # Rows of earlier runs with the same data sizes are kept; a re-run config replaces its row.
+    saved = json.loads(STORE.read_text()) if STORE.is_file() else {}
+    same = saved.get("sizes") == sizes and saved.get("epochs") == args.epochs
+    rows: list[dict] = saved.get("rows", []) if same else []
+    timing = saved.get("timing") if same else None
+    if timing and "uncached" in timing:  # older single-selection format
+        timing = {"top:8": timing}
+    if args.timing_notes:
+        timing = dict(timing or {})
+        for spec in filter(None, args.timing_specs.split(",")):
+            measured = time_epochs(args, notes["train"][: args.timing_notes], spec)
+            timing[spec] = {**measured, "command": command}
+    for item in filter(None, args.configs.split(",")):
         spec, attention = item.split("/")
-        rows.append(run_config(args, spec, attention, notes))
+        row = {**run_config(args, spec, attention, notes), "command": command}
+        rows = [r for r in rows if (r["spec"], r["attention"]) != (spec, attention)] + [row]
+        STORE.write_text(
+            json.dumps(
+                {"sizes": sizes, "epochs": args.epochs, "rows": rows, "timing": timing}, indent=1
+            )
+        )
         RESULT.write_text(render(args, rows, timing, sizes))
-        print(rows[-1], flush=True)
+        print(row, flush=True)
+    STORE.write_text(
+        json.dumps(
+            {"sizes": sizes, "epochs": args.epochs, "rows": rows, "timing": timing}, indent=1
+        )
+    )
+    RESULT.write_text(render(args, rows, timing, sizes))
 
 
 if __name__ == "__main__":

@@ -34,7 +34,7 @@ def run(argv: list[str]) -> tuple[dict, float]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--layers", default="top:8")
-    parser.add_argument("--attention", default="bidirectional")
+    parser.add_argument("--attention", default="bidirectional-trained")
     parser.add_argument("--epochs", type=int, default=3)
     parser.add_argument("--max-dev-notes", type=int, default=1000)
     parser.add_argument(

@@ -39,7 +39,7 @@ def _loss_and_grads(loaded, windows, states, first):
     return loss.detach(), torch.autograd.grad(loss, params)
 
 
-@pytest.mark.parametrize("attention", ["bidirectional", "causal"])
+@pytest.mark.parametrize("attention", ["bidirectional", "causal", "bidirectional-trained"])
 def test_cached_loss_and_gradients_match_uncached(tiny_llama: Path, tmp_path: Path, attention: str):
     # Prepare
     loaded, selection, windows = _setup(tiny_llama, tmp_path, attention)

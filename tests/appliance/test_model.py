@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from appliance.config import ModelConfig
-from appliance.forward import full_logits
+from appliance.forward import full_logits, prefix_states
 from appliance.model import (
     ModelLoadError,
     bio_tags,
@@ -107,3 +107,28 @@ def test_embedded_gguf_model_loads_as_a_30_layer_token_classifier(tmp_path: Path
     enc = loaded.tokenizer("Cisplatin nephrotoxicity", return_offsets_mapping=True)
     assert enc["offset_mapping"][-1][1] == len("Cisplatin nephrotoxicity")
     assert (tmp_path / "bases").is_dir()  # dequantized once, reused by later loads
+
+
+def test_bidirectional_trained_unmasks_only_the_trained_layers(tiny_llama: Path, tmp_path: Path):
+    def load(mode: str):
+        return load_model(
+            ModelConfig(base=str(tiny_llama), attention=mode), ("X",), tmp_path, "top:2"
+        ).model
+
+    causal, hybrid, bidi = load("causal"), load("bidirectional-trained"), load("bidirectional")
+    for model in (hybrid, bidi):
+        model.load_state_dict(causal.state_dict())
+    ids = torch.tensor([[5, 6, 7, 8, 9]])
+    mask = torch.ones_like(ids)
+    with torch.no_grad():
+        # The frozen prefix (layers 0-1) keeps its pre-training causal mask...
+        torch.testing.assert_close(
+            prefix_states(hybrid, ids, mask, 2), prefix_states(causal, ids, mask, 2)
+        )
+        assert not torch.allclose(
+            prefix_states(bidi, ids, mask, 2), prefix_states(causal, ids, mask, 2)
+        )
+        # ...while the trained layers see the right context.
+        assert not torch.allclose(
+            full_logits(hybrid, ids, mask)[0, 0], full_logits(causal, ids, mask)[0, 0]
+        )
