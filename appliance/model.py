@@ -160,13 +160,13 @@ def _materialize_gguf(source: BaseSource, fingerprint: str, state_dir: Path) -> 
     target = state_dir / "bases" / fingerprint.replace(":", "-")
     if not (target / "config.json").is_file():
         log.info("materializing %s as fp32 safetensors in %s", source.display, target)
+        tmp = target.with_name(target.name + f".tmp{os.getpid()}")
         with _quiet_loading():
             model = LlamaForTokenClassification.from_pretrained(
                 str(source.directory), gguf_file=source.gguf_file, local_files_only=True
             )
-        model.config.quantization_config = None
-        tmp = target.with_name(target.name + f".tmp{os.getpid()}")
-        model.model.save_pretrained(str(tmp))
+            model.config.quantization_config = None
+            model.model.save_pretrained(str(tmp))
         load_tokenizer(source).save_pretrained(str(tmp))
         try:
             tmp.rename(target)
