@@ -22,9 +22,8 @@ from appliance.encoding import (
     collate_ids,
     collate_states,
     encode_notes,
-    word_tags,
 )
-from appliance.evaluation import entity_scores
+from appliance.evaluation import evaluate_predictions
 from appliance.forward import full_logits, logits_from
 from appliance.inference import assemble, window_log_probs
 from appliance.layers import LayerSelection
@@ -165,8 +164,7 @@ class Trainer:
     ) -> float:
         log_probs = window_log_probs(self.loaded, windows, states, self.first if states else 0)
         predictions = assemble(len(notes), windows, log_probs, self.loaded.labels)
-        gold = [word_tags(p.words, n.entities) for n, p in zip(notes, predictions, strict=True)]
-        return entity_scores(gold, [p.tags for p in predictions])["overall"].f1
+        return float(evaluate_predictions(notes, predictions)["entity_strict"]["overall"]["f1"])
 
     def fit(self, train_notes: Sequence[Note], dev_notes: Sequence[Note]) -> TrainResult:
         """Train; keep the weights of the epoch with the best dev F1."""
