@@ -165,6 +165,12 @@ def render(args: argparse.Namespace, rows: list[dict], timing: dict | None, size
             f"| {r['span_f1']:.3f} | {r['params']:,} | {r['bytes'] / 1e6:.1f} | {r['epoch_s']} "
             f"| {r['dev_f1']} | {r['cache_s']} |"
         )
+    lines += [
+        "",
+        "Notes: `all` trains every layer, so it has no frozen prefix to cache (build 0.0). The "
+        "per-epoch seconds in this table were partly taken while other jobs shared the 2 cores "
+        "(e.g. the first `top:8` epoch); the side-by-side timing below is the clean comparison.",
+    ]
     if timing:
         lines += render_timing(timing)
     return "\n".join(lines) + "\n"
