@@ -31,7 +31,6 @@ def attention_bias(attention_mask: torch.Tensor, causal: bool, dtype: torch.dtyp
 
 def set_attention(model: Model, mode: str, first_trained: int) -> None:
     """Record the attention mode; `bidirectional-trained` unmasks layers >= `first_trained`."""
-    model.config.appliance_attention = mode
     model.config.appliance_unmask_from = {
         "causal": model.config.num_hidden_layers,
         "bidirectional": 0,
