@@ -30,7 +30,7 @@ def attention_bias(attention_mask: torch.Tensor, causal: bool, dtype: torch.dtyp
 
 
 def set_attention(model: Model, mode: str, first_trained: int) -> None:
-    """Record the attention mode; `bidirectional-trained` unmasks layers >= `first_trained`."""
+    """Set the first unmasked layer for `mode` (`bidirectional-trained`: `first_trained`)."""
     model.config.appliance_unmask_from = {
         "causal": model.config.num_hidden_layers,
         "bidirectional": 0,
