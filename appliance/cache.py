@@ -19,7 +19,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from appliance.encoding import EncodedWindow, collate_ids
-from appliance.forward import prefix_states
+from appliance.forward import prefix_states, unmask_from
 from appliance.model import LoadedModel
 
 log = logging.getLogger(__name__)
@@ -34,10 +34,11 @@ def data_fingerprint(windows: Sequence[EncodedWindow]) -> str:
 
 
 def cache_key(loaded: LoadedModel, first_layer: int, windows: Sequence[EncodedWindow]) -> str:
+    # The prefix depends on the mask only through which of its layers are unmasked, so modes
+    # that keep layers 0..first_layer-1 causal (causal, bidirectional-trained) share entries.
     frozen = {
         "base": loaded.fingerprint,
-        "attention": loaded.config.attention,
-        "unmask_from": int(getattr(loaded.model.config, "appliance_unmask_from", -1)),
+        "prefix_unmasked_from": min(unmask_from(loaded.model), first_layer),
         "quantization": loaded.config.quantization,
         "first_layer": first_layer,
         "torch": torch.__version__,

@@ -80,6 +80,9 @@ def test_cache_key_changes_with_attention_mode(tiny_llama: Path, tmp_path: Path)
     path_bidi = PrefixCache(bidi, selection.first, tmp_path / "c").path_for(windows)
     path_causal = PrefixCache(causal, selection.first, tmp_path / "c").path_for(windows)
     assert path_bidi != path_causal
+    # Below the trained layers, bidirectional-trained is causal: the same prefix, the same entry.
+    hybrid, _, _ = _setup(tiny_llama, tmp_path, "bidirectional-trained")
+    assert PrefixCache(hybrid, selection.first, tmp_path / "c").path_for(windows) == path_causal
 
 
 def test_corrupt_cache_file_is_recomputed(tiny_llama: Path, tmp_path: Path):
