@@ -1,4 +1,4 @@
-"""`appliance` command line: train, evaluate, annotate, info, demo."""
+"""`appliance` command line: train, evaluate, annotate, info, demo (+ serve, federate by plugin)."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ import json
 import logging
 import sys
 from collections.abc import Callable, Sequence
+from importlib.metadata import entry_points
 from pathlib import Path
 
 from appliance import commands
@@ -92,7 +93,28 @@ def build_parser() -> argparse.ArgumentParser:
     demo = sub.add_parser("demo", help="the main job: train on BC5CDR, evaluate, annotate")
     demo.add_argument("--state-dir", help="where caches, bases and packages live")
     demo.add_argument("--quick", action="store_true", help="a smaller run for a smoke test")
+    _register_plugins(sub, {"train": train, "evaluate": evaluate, "annotate": annotate})
     return parser
+
+
+class CommandError(Exception):
+    """A failure a plugin command reports to the user with its own exit code (no traceback)."""
+
+    def __init__(self, message: str, exit_code: int = EXIT_USAGE) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code
+
+
+def _register_plugins(
+    sub: argparse._SubParsersAction, parsers: dict[str, argparse.ArgumentParser]
+) -> None:
+    """Let `serving` and `federation` add their subcommands: the core never imports them.
+
+    Each entry point in the `appliance.cli` group is `register(sub, parsers)`; it adds parsers
+    with `set_defaults(handler=...)` and may add flags to the core's parsers (`annotate --remote`).
+    """
+    for point in sorted(entry_points(group="appliance.cli"), key=lambda p: p.name):
+        point.load()(sub, parsers)
 
 
 HANDLERS: dict[str, Callable[[argparse.Namespace], object]] = {
@@ -111,7 +133,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
     try:
-        result = HANDLERS[args.command](args)
+        handler = getattr(args, "handler", None) or HANDLERS[args.command]
+        result = handler(args)
+    except CommandError as err:
+        return _fail(err.exit_code, str(err))
     except NotesError as err:
         return _fail(EXIT_INPUT, f"bad input: {err}")
     except (ModelLoadError, PackageError) as err:

@@ -66,3 +66,41 @@ def tiny_llama(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="session")
 def other_tiny_llama(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return make_tiny_llama(tmp_path_factory.mktemp("other-llama"), seed=1)
+
+
+def train_tiny_package(base: Path, root: Path, spec: str = "top:2", epochs: int = 3) -> Path:
+    """Train `spec` of the tiny Llama on the synthetic corpus and save a model package."""
+    from appliance.config import ModelConfig, TrainConfig
+    from appliance.layers import LayerSelection
+    from appliance.model import load_model
+    from appliance.package import save_package
+    from appliance.readers import read_jsonl
+    from appliance.training import Trainer
+    from tests.appliance.corpus import write_jsonl
+
+    root.mkdir(parents=True, exist_ok=True)
+    train = read_jsonl(write_jsonl(root / "train.jsonl", 160, seed=1)).notes
+    dev = read_jsonl(write_jsonl(root / "dev.jsonl", 40, seed=2)).notes
+    cfg = TrainConfig(
+        layers=spec,
+        epochs=epochs,
+        batch_size=8,
+        learning_rate=3e-3,
+        head_learning_rate=1e-2,
+        patience=epochs,
+        cache_dir=str(root / "act"),
+    )
+
+    loaded = load_model(ModelConfig(base=str(base)), ("Chemical", "Disease"), root, spec)
+    selection = LayerSelection.parse(spec, loaded.num_layers)
+    result = Trainer(loaded, selection, cfg, progress=False).fit(train, dev)
+    windowing = {"max_tokens": cfg.max_tokens, "context_tokens": cfg.context_tokens}
+    return save_package(
+        root / "package", loaded, selection, windowing, {"result": result.as_dict()}
+    )
+
+
+@pytest.fixture(scope="session")
+def tiny_package(tiny_llama: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A model package (top:2 + head of the tiny Llama) that finds the synthetic entities."""
+    return train_tiny_package(tiny_llama, tmp_path_factory.mktemp("tiny-package"))
