@@ -15,6 +15,7 @@ from typing import Any
 
 import torch
 import transformers
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from appliance.config import ModelConfig
@@ -95,7 +96,7 @@ def read_package(path: str | Path) -> ModelPackage:
         raise PackageError(
             f"{root}: not a model package ({Path(err.filename).name} missing)"
         ) from err
-    except (OSError, ValueError, json.JSONDecodeError) as err:
+    except (OSError, ValueError, SafetensorError) as err:
         raise PackageError(f"{root}: unreadable model package: {err}") from err
     if meta.get("format") != FORMAT:
         raise PackageError(f"{root}: unknown package format {meta.get('format')!r}")

@@ -1,0 +1,76 @@
+"""Promotion: publish into the registry, move `current` only for a model that is not worse."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+
+from appliance.readers import read_jsonl
+from appliance.registry import ModelRegistry
+from federation.journal import RoundJournal, read_journal
+from federation.promotion import heldout_f1, promote_if_not_worse
+from tests.appliance.corpus import write_jsonl
+from tests.conftest import train_tiny_package
+
+
+@pytest.fixture(scope="module")
+def heldout(tmp_path_factory: pytest.TempPathFactory):
+    path = write_jsonl(tmp_path_factory.mktemp("heldout") / "heldout.jsonl", 40, seed=7)
+    return read_jsonl(path).notes
+
+
+@pytest.fixture(scope="module")
+def weak_package(tiny_llama: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A genuinely worse model: only the head, one epoch."""
+    return train_tiny_package(tiny_llama, tmp_path_factory.mktemp("weak"), spec="head", epochs=1)
+
+
+def test_first_model_is_promoted_then_a_worse_one_is_kept_out(
+    tiny_package: Path, weak_package: Path, heldout, tmp_path: Path
+):
+    journal = RoundJournal(tmp_path / "journal.jsonl")
+    registry = ModelRegistry(tmp_path / "registry")
+    first = promote_if_not_worse(
+        registry.root, tiny_package, heldout, 0.01, tmp_path, journal=journal, server_round=1
+    )
+    assert first.promoted and first.reason.startswith("first model")
+    assert registry.current().version == first.version
+    good_f1 = heldout_f1(tiny_package, heldout, tmp_path)
+    weak_f1 = heldout_f1(weak_package, heldout, tmp_path)
+    assert weak_f1 < good_f1 - 0.05
+    second = promote_if_not_worse(
+        registry.root, weak_package, heldout, 0.01, tmp_path, journal=journal, server_round=2
+    )
+    assert second.outcome == "kept" and registry.current().version == first.version
+    assert second.candidate_f1 == pytest.approx(weak_f1)
+    assert second.current_f1 == pytest.approx(good_f1)
+    assert second.version in registry.versions()
+    events = [(e["event"], e["version"]) for e in registry.history()]
+    assert ("promote", first.version) in events and ("reject", second.version) in events
+    outcomes = [e.fields["outcome"] for e in read_journal(journal.path)]
+    assert outcomes == ["promoted", "kept"]
+
+
+def test_an_equal_model_within_tolerance_is_promoted(tiny_package: Path, heldout, tmp_path: Path):
+    registry = ModelRegistry(tmp_path / "registry")
+    promote_if_not_worse(registry.root, tiny_package, heldout, 0.0, tmp_path)
+    again = promote_if_not_worse(registry.root, tiny_package, heldout, 0.0, tmp_path)
+    assert again.promoted and registry.current().version == again.version
+
+
+def test_a_broken_candidate_never_becomes_current(tiny_package: Path, heldout, tmp_path: Path):
+    registry = ModelRegistry(tmp_path / "registry")
+    good = promote_if_not_worse(registry.root, tiny_package, heldout, 0.01, tmp_path)
+    broken = tmp_path / "broken"
+    shutil.copytree(tiny_package, broken)
+    (broken / "weights.safetensors").write_bytes(b"not safetensors")
+    decision = promote_if_not_worse(registry.root, broken, heldout, 0.01, tmp_path)
+    assert decision.outcome == "broken" and "does not load" in decision.reason
+    assert registry.current().version == good.version
+
+
+def test_promotion_needs_heldout_notes(tiny_package: Path, tmp_path: Path):
+    with pytest.raises(ValueError, match="held-out notes"):
+        promote_if_not_worse(tmp_path / "r", tiny_package, [], 0.01, tmp_path)
