@@ -1,9 +1,123 @@
-"""`appliance federate` (registered into the core CLI)."""
+"""`appliance federate ...`: the nightly daemon, its status, and manual promotion."""
 
 from __future__ import annotations
 
 import argparse
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+from appliance.cli import EXIT_INPUT, EXIT_MODEL, CommandError
+from appliance.notes import NotesError
+from appliance.readers import read_notes
+from appliance.registry import ModelRegistry, RegistryError
+from federation.daemon_config import DaemonConfig, load_daemon_config
+from federation.journal import RoundJournal, read_journal
+
+log = logging.getLogger(__name__)
 
 
 def register(sub: argparse._SubParsersAction, parsers: dict[str, argparse.ArgumentParser]) -> None:
-    """Add the federation subcommands to the `appliance` CLI (filled in by the federation work)."""
+    """Add `appliance federate` and its subcommands to the core CLI."""
+    federate = sub.add_parser("federate", help="nightly federated training on this hospital box")
+    actions = federate.add_subparsers(dest="federate_command", required=True)
+    daemon = actions.add_parser("daemon", help="run the SuperNode inside the training window")
+    daemon.add_argument("--config", required=True, type=Path, help="daemon.toml ([daemon])")
+    daemon.add_argument("--metrics-port", type=int, help="Prometheus port (default from config)")
+    daemon.set_defaults(handler=run_daemon)
+    status = actions.add_parser("status", help="current model, last rounds, privacy spend")
+    status.add_argument("--config", required=True, type=Path)
+    status.add_argument("--last", type=int, default=10, help="how many journal events to show")
+    status.set_defaults(handler=show_status)
+    promote = actions.add_parser("promote", help="publish a package; promote it if not worse")
+    promote.add_argument("--config", required=True, type=Path)
+    promote.add_argument("--candidate", required=True, type=Path, help="a model package dir")
+    promote.add_argument("--tolerance", type=float, help="override the config's tolerance")
+    promote.set_defaults(handler=manual_promote)
+
+
+def _config(args: argparse.Namespace) -> DaemonConfig:
+    try:
+        return load_daemon_config(args.config)
+    except ValueError as err:
+        raise CommandError(str(err)) from err
+
+
+def run_daemon(args: argparse.Namespace) -> None:
+    from federation.daemon import NightlyDaemon
+
+    cfg = _config(args)
+    daemon = NightlyDaemon(cfg)
+    port = daemon.metrics.serve(cfg.metrics_address, args.metrics_port or cfg.metrics_port)
+    log.warning("federation daemon %s: metrics on %s:%d", cfg.hospital, cfg.metrics_address, port)
+    daemon.install_signal_handlers()
+    try:
+        daemon.run()
+    finally:
+        daemon.metrics.close()
+
+
+def show_status(args: argparse.Namespace) -> dict[str, Any]:
+    cfg = _config(args)
+    registry = ModelRegistry(cfg.registry)
+    try:
+        current = registry.current()
+    except RegistryError as err:
+        raise CommandError(str(err), EXIT_MODEL) from err
+    events = [{"time": e.time, "event": e.event, **e.fields} for e in read_journal(cfg.journal)][
+        -args.last :
+    ]
+    return {
+        "hospital": cfg.hospital,
+        "window": cfg.window,
+        "current": current.version if current else None,
+        "versions": len(registry.versions()),
+        "privacy": _ledger(cfg),
+        "last_events": events,
+    }
+
+
+def _ledger(cfg: DaemonConfig) -> dict[str, Any] | None:
+    """The privacy ledger's summary when the node has one (written by the ClientApp)."""
+    for path in sorted(cfg.state_dir.glob("**/privacy-ledger*.json")):
+        try:
+            raw = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, json.JSONDecodeError):
+            continue
+        keep = ("epsilon_budget", "delta", "epsilon_spent", "rounds")
+        summary = {k: raw[k] for k in keep if k in raw and not isinstance(raw[k], list)}
+        return {"path": str(path), **summary}
+    return None
+
+
+def manual_promote(args: argparse.Namespace) -> dict[str, Any]:
+    from federation.promotion import promote_if_not_worse
+
+    cfg = _config(args)
+    try:
+        heldout = read_notes(str(cfg.heldout)).notes
+    except NotesError as err:
+        raise CommandError(f"held-out notes: {err}", EXIT_INPUT) from err
+    tolerance = cfg.tolerance if args.tolerance is None else args.tolerance
+    try:
+        decision = promote_if_not_worse(
+            cfg.registry,
+            args.candidate,
+            heldout,
+            tolerance,
+            cfg.state_dir,
+            label="manual",
+            journal=RoundJournal(cfg.journal),
+        )
+    except (RegistryError, OSError) as err:
+        raise CommandError(str(err), EXIT_MODEL) from err
+    if decision.outcome == "broken":
+        raise CommandError(f"{args.candidate}: not promoted, {decision.reason}", EXIT_MODEL)
+    return {
+        "outcome": decision.outcome,
+        "version": decision.version,
+        "reason": decision.reason,
+        "candidate_f1": decision.candidate_f1,
+        "current_f1": decision.current_f1,
+    }

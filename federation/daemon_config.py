@@ -1,0 +1,183 @@
+"""The nightly daemon's typed config (`daemon.toml` on a hospital box), validated on load."""
+
+from __future__ import annotations
+
+import datetime as dt
+import ipaddress
+import shutil
+import sys
+import tomllib
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+# The node-config keys the ClientApp reads (from `context.node_config`).
+NODE_KEYS = ("hospital", "notes", "heldout", "state-dir", "registry", "journal", "tolerance")
+
+
+@dataclass(frozen=True)
+class TimeWindow:
+    """A daily local-time window such as 01:00-05:00; it may wrap midnight (22:00-04:00)."""
+
+    start: dt.time
+    end: dt.time
+
+    @classmethod
+    def parse(cls, text: str) -> TimeWindow:
+        try:
+            first, second = text.split("-")
+            start, end = dt.time.fromisoformat(first.strip()), dt.time.fromisoformat(second.strip())
+        except ValueError as err:
+            raise ValueError(f"window {text!r}: use HH:MM-HH:MM, e.g. 01:00-05:00") from err
+        if start == end:
+            raise ValueError(f"window {text!r} is empty: start and end are equal")
+        return cls(start, end)
+
+    def contains(self, moment: dt.datetime) -> bool:
+        now = moment.time()
+        if self.start < self.end:
+            return self.start <= now < self.end
+        return now >= self.start or now < self.end
+
+    def seconds_until_change(self, moment: dt.datetime) -> float:
+        """Seconds from `moment` to the next opening or closing of the window."""
+        edge = self.end if self.contains(moment) else self.start
+        target = moment.replace(hour=edge.hour, minute=edge.minute, second=0, microsecond=0)
+        if target <= moment:
+            target += dt.timedelta(days=1)
+        return (target - moment).total_seconds()
+
+    def __str__(self) -> str:
+        return f"{self.start:%H:%M}-{self.end:%H:%M}"
+
+
+@dataclass(frozen=True)
+class DaemonConfig:
+    """One hospital's federation daemon. Paths are on the hospital's box; notes never leave it."""
+
+    hospital: str
+    superlink: str  # the consortium SuperLink's Fleet API, host:port
+    notes: Path  # annotated notes this hospital trains on (any format the core reads)
+    heldout: Path  # held-out annotated notes: promotion is decided on these
+    state_dir: Path  # caches, privacy ledger, compression residuals, journal
+    registry: Path  # the model registry serving watches
+    window: str = "01:00-05:00"
+    tolerance: float = 0.01  # promote if candidate F1 >= current F1 - tolerance
+    root_certificates: Path | None = None  # CA of the SuperLink's TLS certificate
+    auth_private_key: Path | None = None  # this SuperNode's key (SuperNode authentication)
+    insecure: bool = False  # plaintext to the SuperLink: only allowed on loopback
+    runtime_port: int = 9094  # the SuperNode's local ClientApp runtime API
+    metrics_address: str = "127.0.0.1"
+    metrics_port: int = 9310
+    restart_backoff_s: float = 5.0
+    max_backoff_s: float = 300.0
+    poll_s: float = 5.0
+    node_config: dict[str, Any] = field(default_factory=dict)  # extra keys for the ClientApp
+    supernode_command: tuple[str, ...] = ()  # default: flower-supernode next to this Python
+
+    def __post_init__(self) -> None:
+        for name in (
+            "notes",
+            "heldout",
+            "state_dir",
+            "registry",
+            "root_certificates",
+            "auth_private_key",
+        ):
+            value = getattr(self, name)
+            if value is not None and not isinstance(value, Path):
+                object.__setattr__(self, name, Path(value).expanduser())
+        object.__setattr__(self, "supernode_command", tuple(self.supernode_command))
+        self.time_window  # noqa: B018 - parse now so a bad window fails at load
+        if not self.hospital.replace("-", "").replace("_", "").isalnum():
+            raise ValueError(f"hospital {self.hospital!r}: use letters, digits, '-' or '_'")
+        host, _, port = self.superlink.rpartition(":")
+        if not host or not port.isdigit():
+            raise ValueError(f"superlink {self.superlink!r}: use host:port")
+        if self.insecure and not _is_loopback(host):
+            raise ValueError("insecure (plaintext) is only allowed to a loopback SuperLink")
+        if not self.insecure and self.root_certificates is None:
+            raise ValueError("root_certificates is required (TLS), or set insecure on loopback")
+        if not 0.0 <= self.tolerance <= 1.0:
+            raise ValueError(f"tolerance {self.tolerance}: must be within [0, 1]")
+        clash = set(self.node_config) & set(NODE_KEYS)
+        if clash:
+            raise ValueError(f"node_config may not override {sorted(clash)}")
+
+    @property
+    def time_window(self) -> TimeWindow:
+        return TimeWindow.parse(self.window)
+
+    @property
+    def journal(self) -> Path:
+        return self.state_dir / "journal.jsonl"
+
+    def node_config_arg(self) -> str:
+        """The `--node-config` value: what the ClientApp needs to find this hospital's data."""
+        values: dict[str, Any] = {
+            "hospital": self.hospital,
+            "notes": str(self.notes),
+            "heldout": str(self.heldout),
+            "state-dir": str(self.state_dir),
+            "registry": str(self.registry),
+            "journal": str(self.journal),
+            "tolerance": self.tolerance,
+            **self.node_config,
+        }
+        return " ".join(f"{k}={_toml_value(v)}" for k, v in values.items())
+
+    def command(self) -> list[str]:
+        """The SuperNode command line the daemon supervises."""
+        if self.supernode_command:
+            return list(self.supernode_command)
+        exe = Path(sys.executable).with_name("flower-supernode")
+        cmd = [str(exe) if exe.exists() else shutil.which("flower-supernode") or str(exe)]
+        cmd += ["--superlink", self.superlink, "--node-config", self.node_config_arg()]
+        cmd += ["--port", str(self.runtime_port)]
+        if self.insecure:
+            cmd.append("--insecure")
+        else:
+            cmd += ["--root-certificates", str(self.root_certificates)]
+        if self.auth_private_key is not None:
+            cmd += ["--auth-supernode-private-key", str(self.auth_private_key)]
+        return cmd
+
+
+def load_daemon_config(path: str | Path, **overrides: Any) -> DaemonConfig:
+    """Read `[daemon]` from a TOML file; errors name the file and the key."""
+    source = Path(path)
+    try:
+        raw = tomllib.loads(source.read_text(encoding="utf-8"))
+    except OSError as err:
+        raise ValueError(f"{source}: cannot read daemon config: {err.strerror}") from err
+    except tomllib.TOMLDecodeError as err:
+        raise ValueError(f"{source}: invalid TOML: {err}") from err
+    section = dict(raw.get("daemon", {}))
+    section.update({k: v for k, v in overrides.items() if v is not None})
+    known = {f.name for f in fields(DaemonConfig)}
+    unknown = sorted(set(section) - known)
+    if unknown:
+        raise ValueError(f"{source}: unknown [daemon] key(s) {unknown}")
+    try:
+        return DaemonConfig(**section)
+    except TypeError as err:
+        raise ValueError(f"{source}: [daemon] {err}") from err
+    except ValueError as err:
+        raise ValueError(f"{source}: [daemon] {err}") from err
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def _toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int | float):
+        return repr(value)
+    return '"' + str(value).replace("\\", "\\\\").replace('"', '\\"') + '"'

@@ -1,0 +1,138 @@
+"""The nightly daemon: window logic, supervising a real child process, config validation."""
+
+from __future__ import annotations
+
+import datetime as dt
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from federation.daemon import NightlyDaemon
+from federation.daemon_config import DaemonConfig, TimeWindow, load_daemon_config
+
+SLEEPER = (sys.executable, "-c", "import time; time.sleep(120)")
+CRASHER = (sys.executable, "-c", "raise SystemExit(3)")
+
+
+def _at(hour: int, minute: int = 0) -> dt.datetime:
+    return dt.datetime(2026, 11, 22, hour, minute)
+
+
+def _config(tmp_path: Path, **kw) -> DaemonConfig:
+    values = dict(
+        hospital="hospital-a",
+        superlink="127.0.0.1:9092",
+        notes=tmp_path / "notes.jsonl",
+        heldout=tmp_path / "heldout.jsonl",
+        state_dir=tmp_path / "state",
+        registry=tmp_path / "registry",
+        insecure=True,
+        restart_backoff_s=0.0,
+    )
+    values.update(kw)
+    return DaemonConfig(**values)
+
+
+@pytest.mark.parametrize(
+    ("window", "inside", "outside"),
+    [("01:00-05:00", [1, 4], [0, 5, 12]), ("22:00-04:00", [22, 23, 0, 3], [4, 12, 21])],
+)
+def test_window_contains(window: str, inside: list[int], outside: list[int]):
+    parsed = TimeWindow.parse(window)
+    assert all(parsed.contains(_at(h)) for h in inside)
+    assert not any(parsed.contains(_at(h)) for h in outside)
+
+
+def test_window_change_times():
+    window = TimeWindow.parse("22:00-04:00")
+    assert window.seconds_until_change(_at(21, 30)) == 30 * 60
+    assert window.seconds_until_change(_at(23)) == 5 * 3600
+
+
+def test_bad_windows_and_configs_are_refused(tmp_path: Path):
+    with pytest.raises(ValueError, match="use HH:MM-HH:MM"):
+        TimeWindow.parse("1am-5am")
+    with pytest.raises(ValueError, match="empty"):
+        TimeWindow.parse("02:00-02:00")
+    with pytest.raises(ValueError, match="only allowed to a loopback"):
+        _config(tmp_path, superlink="10.0.0.5:9092")
+    with pytest.raises(ValueError, match="root_certificates is required"):
+        _config(tmp_path, insecure=False)
+    with pytest.raises(ValueError, match="may not override"):
+        _config(tmp_path, node_config={"notes": "/elsewhere"})
+
+
+def test_config_file_errors_name_the_file_and_key(tmp_path: Path):
+    path = tmp_path / "daemon.toml"
+    path.write_text('[daemon]\nhospital = "a"\ncolour = "red"\n')
+    with pytest.raises(ValueError, match=r"daemon.toml: unknown \[daemon\] key\(s\) \['colour'\]"):
+        load_daemon_config(path)
+    path.write_text("[daemon\n")
+    with pytest.raises(ValueError, match="daemon.toml: invalid TOML"):
+        load_daemon_config(path)
+
+
+def test_supernode_command_carries_tls_auth_and_node_config(tmp_path: Path):
+    cfg = _config(
+        tmp_path,
+        insecure=False,
+        superlink="link.consortium.example:9092",
+        root_certificates=tmp_path / "ca.pem",
+        auth_private_key=tmp_path / "node.key",
+    )
+    cmd = cfg.command()
+    assert cmd[0].endswith("flower-supernode") and "--insecure" not in cmd
+    assert cmd[cmd.index("--root-certificates") + 1] == str(tmp_path / "ca.pem")
+    assert cmd[cmd.index("--auth-supernode-private-key") + 1] == str(tmp_path / "node.key")
+    node_config = cmd[cmd.index("--node-config") + 1]
+    assert f'notes="{tmp_path / "notes.jsonl"}"' in node_config
+    assert 'hospital="hospital-a"' in node_config and "tolerance=0.01" in node_config
+
+
+def test_child_runs_only_inside_the_window(tmp_path: Path):
+    now = {"t": _at(12)}
+    daemon = NightlyDaemon(_config(tmp_path, supernode_command=SLEEPER), clock=lambda: now["t"])
+    daemon.tick()
+    assert daemon.child is None
+    now["t"] = _at(2)
+    daemon.tick()
+    assert daemon.running
+    child = daemon.child
+    now["t"] = _at(6)
+    daemon.tick()
+    assert not daemon.running and child is not None and child.returncode is not None
+    assert (tmp_path / "state" / "supernode.log").exists()
+
+
+def test_a_crashed_child_is_restarted(tmp_path: Path):
+    daemon = NightlyDaemon(_config(tmp_path, supernode_command=CRASHER), clock=lambda: _at(2))
+    daemon.tick()
+    first = daemon.child
+    assert first is not None
+    first.wait(timeout=30)
+    daemon.tick()
+    assert daemon.child is not None and daemon.child is not first
+    restarts = daemon.metrics.supernode_restarts.labels("hospital-a")._value.get()
+    assert restarts == 1
+    daemon.stopping.set()
+    daemon.stop_child()
+
+
+def test_run_stops_the_child_on_request(tmp_path: Path):
+    daemon = NightlyDaemon(
+        _config(tmp_path, supernode_command=SLEEPER, poll_s=0.05), clock=lambda: _at(2)
+    )
+    import threading
+
+    thread = threading.Thread(target=daemon.run)
+    thread.start()
+    deadline = time.monotonic() + 20
+    while not daemon.running and time.monotonic() < deadline:
+        time.sleep(0.05)
+    child = daemon.child
+    assert child is not None
+    daemon.stopping.set()
+    thread.join(timeout=40)
+    assert not thread.is_alive() and child.poll() is not None
