@@ -49,16 +49,23 @@ def save_package(
     selection: LayerSelection,
     windowing: dict[str, int],
     training: dict[str, Any],
+    tensors: dict[str, torch.Tensor] | None = None,
 ) -> Path:
-    """Write the package atomically (a temp dir renamed into place)."""
+    """Write the package atomically (a temp dir renamed into place).
+
+    `tensors` replaces the selection's state when the weights live elsewhere (e.g. LoRA merged
+    into the selected layers by federation); every name must belong to the selection.
+    """
     target = Path(path)
     if target.exists():
         raise PackageError(f"{target}: already exists; choose a new package path")
     tmp = target.with_name(target.name + ".partial")
     tmp.mkdir(parents=True, exist_ok=True)
-    tensors = {
-        k: v.detach().contiguous().cpu() for k, v in selection.trained_state(loaded.model).items()
-    }
+    if tensors is None:
+        tensors = selection.trained_state(loaded.model)
+    elif not all(selection.is_trained(name) for name in tensors):
+        raise PackageError(f"{target}: tensors outside the selection {selection.spec}")
+    tensors = {k: v.detach().contiguous().cpu() for k, v in tensors.items()}
     save_file(tensors, str(tmp / WEIGHTS))
     meta = {
         "format": FORMAT,

@@ -6,8 +6,9 @@ import copy
 import logging
 import random
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
+from typing import Protocol
 
 import numpy as np
 import torch
@@ -120,8 +121,38 @@ def batch_loss(
     )
 
 
+class StepPolicy(Protocol):
+    """How batches are drawn and steps taken; DP-SGD (federation.privacy) is one such policy."""
+
+    def prepare(self, optimizer: torch.optim.Optimizer, windows: int) -> torch.optim.Optimizer:
+        """Wrap the optimizer (e.g. per-sample clipping + noise) before an epoch loop."""
+        ...
+
+    def batches(
+        self, lengths: Sequence[int], batch_size: int, gen: torch.Generator
+    ) -> list[list[int]]:
+        """One epoch of batches (window indices)."""
+        ...
+
+    def after_step(self) -> None:
+        """Called after each optimizer step (e.g. to account privacy)."""
+        ...
+
+    def finish(self) -> None:
+        """Called once training ends (e.g. to remove per-sample hooks)."""
+        ...
+
+
 class Trainer:
-    """Fits one `LayerSelection` of a loaded model on annotated notes."""
+    """Fits one `LayerSelection` of a loaded model on annotated notes.
+
+    Federated rounds reuse it unchanged but for two hooks: `extra_loss` (FedProx's proximal term)
+    and `policy` (DP-SGD's Poisson batches, per-sample clipping and noise). Without dev notes the
+    last epoch's weights are kept.
+    """
+
+    extra_loss: Callable[[], torch.Tensor] | None = None
+    policy: StepPolicy | None = None
 
     def __init__(
         self,
@@ -179,7 +210,11 @@ class Trainer:
         train_states, hit = self.prefix(train)
         dev_states, _ = self.prefix(dev) if dev else (None, False)
         result.cache_seconds, result.cache_hit = time.perf_counter() - started, hit
-        optimizer = build_optimizer(self.loaded.model, self.selection, self.cfg)
+        optimizer: torch.optim.Optimizer = build_optimizer(
+            self.loaded.model, self.selection, self.cfg
+        )
+        if self.policy is not None:
+            optimizer = self.policy.prepare(optimizer, len(train))
         steps = self.cfg.epochs * -(-len(train) // self.cfg.batch_size)
         scheduler = get_linear_schedule_with_warmup(
             optimizer, int(self.cfg.warmup_ratio * steps), steps
@@ -191,7 +226,7 @@ class Trainer:
             stats.dev_f1 = self.dev_f1(dev_notes, dev, dev_states) if dev else 0.0
             result.history.append(stats)
             log.info("epoch %d: loss %.4f dev F1 %.4f", epoch, stats.loss, stats.dev_f1)
-            if not best_state or stats.dev_f1 > result.best_dev_f1:
+            if not dev or not best_state or stats.dev_f1 > result.best_dev_f1:
                 result.best_epoch, result.best_dev_f1, stale = epoch, stats.dev_f1, 0
                 best_state = copy.deepcopy(self.selection.trained_state(self.loaded.model))
             else:
@@ -199,6 +234,8 @@ class Trainer:
                 if stale >= self.cfg.patience:
                     result.stopped_early = True
                     break
+        if self.policy is not None:
+            self.policy.finish()
         self.loaded.model.load_state_dict(best_state, strict=False)
         self.loaded.model.eval()
         return result
@@ -214,10 +251,18 @@ class Trainer:
     ) -> EpochStats:
         model = self.loaded.model
         model.train()
-        batches = epoch_batches([len(w) for w in train], self.cfg.batch_size, gen)
+        lengths = [len(w) for w in train]
+        if self.policy is not None:
+            batches = self.policy.batches(lengths, self.cfg.batch_size, gen)
+        else:
+            batches = epoch_batches(lengths, self.cfg.batch_size, gen)
         total_loss, tokens, started = 0.0, 0, time.perf_counter()
         bar = tqdm(batches, desc=f"epoch {epoch}", unit="batch", disable=not self.progress)
         for batch in bar:
+            if not batch:  # a Poisson-sampled batch can be empty: a step with no data
+                if self.policy is not None:
+                    self.policy.after_step()
+                continue
             windows = [train[i] for i in batch]
             loss = batch_loss(
                 self.loaded,
@@ -225,13 +270,17 @@ class Trainer:
                 [states[i] for i in batch] if states else None,
                 self.first if states else 0,
             )
+            objective = loss + self.extra_loss() if self.extra_loss is not None else loss
             optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(
-                [p for p in model.parameters() if p.requires_grad], self.cfg.max_grad_norm
-            )
+            objective.backward()
+            if self.policy is None:  # DP-SGD clips per sample instead
+                torch.nn.utils.clip_grad_norm_(
+                    [p for p in model.parameters() if p.requires_grad], self.cfg.max_grad_norm
+                )
             optimizer.step()
             scheduler.step()
+            if self.policy is not None:
+                self.policy.after_step()
             total_loss += loss.item()
             tokens += sum(len(w) for w in windows)
             rate = tokens / (time.perf_counter() - started)

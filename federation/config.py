@@ -1,0 +1,150 @@
+"""The federation's typed config, and the one place Flower's run config is converted into it."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, fields
+from typing import Any
+
+MODES = ("layers", "lora", "full")
+COMPRESSIONS = ("none", "fp16", "bf16", "int8", "topk")
+STRATEGIES = ("fedavg", "fedprox")
+CLIENT_DP = ("none", "client-fixed")
+
+
+@dataclass(frozen=True)
+class FederationConfig:
+    """What a consortium run does. Defaults mirror `[tool.flwr.app.config]` in pyproject.toml."""
+
+    base: str = "embedded"  # the base every hospital has on disk ("embedded": SmolLM2-135M)
+    attention: str = "bidirectional-trained"
+    labels: tuple[str, ...] = ("Chemical", "Disease")
+    mode: str = "layers"  # layers | lora | full
+    layers: str = "top:8"  # which layers train and travel (full mode: all)
+    lora_rank: int = 8
+    lora_alpha: int = 16
+    lora_dropout: float = 0.05
+    rounds: int = 3
+    local_epochs: int = 1
+    batch_size: int = 16
+    learning_rate: float = 3e-4
+    head_learning_rate: float = 1e-3
+    max_tokens: int = 256
+    context_tokens: int = 32
+    seed: int = 13
+    strategy: str = "fedavg"  # fedavg | fedprox
+    proximal_mu: float = 0.01
+    fraction_train: float = 1.0
+    min_nodes: int = 2
+    round_timeout_s: float = 3600.0
+    compression: str = "none"  # none | fp16 | bf16 | int8 | topk
+    int8_block: int = 64
+    topk_fraction: float = 0.01
+    update_norm_bound: float = 1e4  # the server drops an update whose L2 delta norm is larger
+    dp: bool = False  # sample-level DP-SGD (Opacus) at each hospital
+    dp_noise_multiplier: float = 1.0
+    dp_max_grad_norm: float = 1.0
+    dp_epsilon_budget: float = 8.0
+    dp_delta: float = 1e-5
+    client_dp: str = "none"  # none | client-fixed (Flower's client-side fixed clipping)
+    client_dp_noise: float = 0.1
+    client_dp_clip: float = 10.0
+    secagg: bool = False  # SecAgg+: the server only sees the sum of the updates
+    secagg_shares: int = 3
+    secagg_threshold: int = 2
+    secagg_clip: float = 8.0  # SecAgg+ clipping range of each (weighted) parameter
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "labels", tuple(self.labels))
+        _one_of("mode", self.mode, MODES)
+        _one_of("compression", self.compression, COMPRESSIONS)
+        _one_of("strategy", self.strategy, STRATEGIES)
+        _one_of("client-dp", self.client_dp, CLIENT_DP)
+        _positive(
+            self,
+            "rounds",
+            "local_epochs",
+            "batch_size",
+            "max_tokens",
+            "lora_rank",
+            "int8_block",
+            "min_nodes",
+            "round_timeout_s",
+            "learning_rate",
+            "head_learning_rate",
+            "update_norm_bound",
+            "dp_noise_multiplier",
+            "dp_max_grad_norm",
+            "dp_epsilon_budget",
+            "secagg_clip",
+        )
+        if not 0 < self.fraction_train <= 1:
+            raise ValueError(f"fraction-train {self.fraction_train}: must be in (0, 1]")
+        if not 0 < self.topk_fraction <= 1:
+            raise ValueError(f"topk-fraction {self.topk_fraction}: must be in (0, 1]")
+        if not 0 < self.dp_delta < 1:
+            raise ValueError(f"dp-delta {self.dp_delta}: must be in (0, 1)")
+        if self.dp and self.strategy == "fedprox":
+            raise ValueError(
+                "dp with strategy fedprox: Opacus clips per-sample gradients of the "
+                "data loss only, so the proximal term would be silently lost"
+            )
+        if self.secagg and self.compression != "none":
+            raise ValueError(
+                "secagg with compression: SecAgg+ quantizes and masks whole "
+                "tensors itself; set compression = none"
+            )
+        if self.secagg and self.secagg_threshold > self.secagg_shares:
+            raise ValueError("secagg-threshold must be <= secagg-shares")
+
+    @property
+    def spec(self) -> str:
+        """The layer selection that trains: `all` in full mode."""
+        return "all" if self.mode == "full" else self.layers
+
+
+def _one_of(key: str, value: str, allowed: tuple[str, ...]) -> None:
+    if value not in allowed:
+        raise ValueError(f"{key} {value!r}: choose one of {list(allowed)}")
+
+
+def _positive(cfg: FederationConfig, *names: str) -> None:
+    for name in names:
+        if getattr(cfg, name) <= 0:
+            raise ValueError(f"{name.replace('_', '-')} must be > 0, got {getattr(cfg, name)}")
+
+
+def from_run_config(run_config: Mapping[str, Any]) -> FederationConfig:
+    """Flower's run config (dotted kebab-case keys, e.g. `dp.noise-multiplier`) -> our config."""
+    known = {f.name: f for f in fields(FederationConfig)}
+    values: dict[str, Any] = {}
+    for key, value in run_config.items():
+        name = key.replace(".", "_").replace("-", "_")
+        if name not in known:
+            raise ValueError(f"unknown run-config key {key!r}")
+        values[name] = _coerce(key, value, known[name].type)
+    return FederationConfig(**values)
+
+
+def _coerce(key: str, value: Any, annotation: Any) -> Any:
+    kind = str(annotation)
+    if kind == "tuple[str, ...]":
+        return tuple(v.strip() for v in str(value).split(",") if v.strip())
+    caster = {"int": int, "float": float, "str": str, "bool": bool}.get(kind)
+    if caster is None:
+        return value
+    if caster is bool and not isinstance(value, bool):
+        raise ValueError(f"run-config {key}: expected true or false, got {value!r}")
+    try:
+        return caster(value)
+    except (TypeError, ValueError) as err:
+        raise ValueError(f"run-config {key}: expected {kind}, got {value!r}") from err
+
+
+def to_run_config(cfg: FederationConfig) -> dict[str, Any]:
+    """Our config as Flower run-config values (kebab-case; labels comma-joined)."""
+    out: dict[str, Any] = {}
+    for f in fields(cfg):
+        value = getattr(cfg, f.name)
+        out[f.name.replace("_", "-")] = ",".join(value) if isinstance(value, tuple) else value
+    return out

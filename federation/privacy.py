@@ -1,0 +1,159 @@
+"""Sample-level DP-SGD with Opacus at each hospital, and the hospital's persistent privacy ledger.
+
+A "sample" is one training window (a BC5CDR note is one sentence, so one window). DP-SGD runs
+on the trainable part only: with the frozen prefix cached, per-sample gradients are needed for
+the selected layers and the head alone. Opacus' RDP accountant turns the steps taken (noise
+multiplier, Poisson sample rate, count) into ε at the ledger's δ.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from opacus import GradSampleModule
+from opacus.accountants import RDPAccountant
+from opacus.optimizers import DPOptimizer
+
+Step = tuple[float, float, int]  # (noise multiplier, sample rate, steps): Opacus' history entry
+
+
+def epsilon_of(history: Sequence[Step], delta: float) -> float:
+    """ε after `history` at `delta`, from Opacus' RDP accountant (0 with no steps)."""
+    if not history:
+        return 0.0
+    accountant = RDPAccountant()
+    accountant.history = [tuple(step) for step in history]  # type: ignore[misc]
+    return float(accountant.get_epsilon(delta))
+
+
+@dataclass
+class PrivacyLedger:
+    """One hospital's privacy spend, persisted as JSON; survives restarts of the node."""
+
+    path: Path
+    epsilon_budget: float
+    delta: float = 1e-5
+    history: list[Step] = field(default_factory=list)
+    rounds: list[dict[str, Any]] = field(default_factory=list)
+
+    @classmethod
+    def open(cls, path: Path, epsilon_budget: float, delta: float) -> PrivacyLedger:
+        """Resume the ledger at `path` (δ is fixed once spent), or start an empty one."""
+        if not path.exists():
+            return cls(path, epsilon_budget, delta)
+        try:
+            raw = json.loads(path.read_text(encoding="utf-8"))
+            history = [(float(n), float(q), int(s)) for n, q, s in raw["history"]]
+        except (OSError, ValueError, KeyError, TypeError) as err:
+            raise ValueError(
+                f"{path}: unreadable privacy ledger ({err}); refusing to guess the privacy spent"
+            ) from err
+        if history and float(raw["delta"]) != delta:
+            raise ValueError(f"{path}: ledger spent at delta {raw['delta']}, config asks {delta}")
+        return cls(path, epsilon_budget, delta, history, list(raw.get("rounds", [])))
+
+    @property
+    def epsilon_spent(self) -> float:
+        return epsilon_of(self.history, self.delta)
+
+    @property
+    def epsilon_remaining(self) -> float:
+        return max(0.0, self.epsilon_budget - self.epsilon_spent)
+
+    def projected(self, step: Step) -> float:
+        """ε the ledger would show after `step` more."""
+        return epsilon_of([*self.history, step], self.delta)
+
+    def commit(self, server_round: int, step: Step) -> float:
+        """Record a round's steps and save atomically; returns ε spent."""
+        self.history.append(step)
+        spent = self.epsilon_spent
+        self.rounds.append(
+            {
+                "round": server_round,
+                "noise": step[0],
+                "sample_rate": step[1],
+                "steps": step[2],
+                "epsilon": spent,
+            }
+        )
+        self.save()
+        return spent
+
+    def save(self) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        data = {
+            "epsilon_budget": self.epsilon_budget,
+            "delta": self.delta,
+            "accountant": "rdp (opacus)",
+            "epsilon_spent": self.epsilon_spent,
+            "history": [list(step) for step in self.history],
+            "rounds": self.rounds,
+        }
+        tmp = self.path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(data, indent=2), encoding="utf-8")
+        os.replace(tmp, self.path)
+
+
+class DPSGDPolicy:
+    """The Trainer's step policy for DP-SGD: Poisson batches, per-sample clipping, Gaussian noise.
+
+    Per-sample gradients come from Opacus' GradSampleModule hooks on the trainable modules (its
+    functorch fallback covers Llama's RMSNorm); the optimizer is Opacus' DPOptimizer.
+    """
+
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        noise: float,
+        max_grad_norm: float,
+        batch_size: int,
+        gen: torch.Generator,
+    ) -> None:
+        self.model, self.noise, self.max_grad_norm = model, noise, max_grad_norm
+        self.batch_size, self.gen = batch_size, gen
+        self.steps_taken = 0
+        self.sample_rate = 0.0
+        self._wrapper: GradSampleModule | None = None
+
+    @staticmethod
+    def planned(windows: int, batch_size: int, epochs: int) -> tuple[float, int]:
+        """(sample rate, steps) a round of `epochs` over `windows` takes."""
+        return min(1.0, batch_size / windows), epochs * -(-windows // batch_size)
+
+    def prepare(self, optimizer: torch.optim.Optimizer, windows: int) -> torch.optim.Optimizer:
+        self.sample_rate = min(1.0, self.batch_size / windows)
+        self._wrapper = GradSampleModule(self.model, batch_first=True, loss_reduction="mean")
+        return DPOptimizer(
+            optimizer,
+            noise_multiplier=self.noise,
+            max_grad_norm=self.max_grad_norm,
+            expected_batch_size=self.batch_size,
+            loss_reduction="mean",
+            generator=None,
+        )
+
+    def batches(
+        self, lengths: Sequence[int], batch_size: int, gen: torch.Generator
+    ) -> list[list[int]]:
+        count = len(lengths)
+        steps = -(-count // batch_size)
+        draws = torch.rand((steps, count), generator=self.gen) < self.sample_rate
+        return [torch.nonzero(row).flatten().tolist() for row in draws]
+
+    def after_step(self) -> None:
+        self.steps_taken += 1
+
+    def finish(self) -> None:
+        if self._wrapper is not None:
+            self._wrapper._close()
+            self._wrapper = None
+        for param in self.model.parameters():
+            if hasattr(param, "grad_sample"):
+                param.grad_sample = None

@@ -1,0 +1,241 @@
+"""A hospital's local side of a round: train the travelling part on its notes, score, package.
+
+One `HospitalNode` lives for the whole process (a SuperNode's ClientApp or a simulated
+hospital): it keeps the loaded base, the frozen-prefix cache, the privacy ledger and the top-k
+residual, all under the hospital's state dir, so a restarted node resumes where it stopped.
+Training is the core's `Trainer` with two hooks: FedProx's proximal term and DP-SGD's policy.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from appliance.config import ModelConfig, TrainConfig
+from appliance.evaluation import evaluate_predictions
+from appliance.inference import Annotator
+from appliance.layers import LayerSelection
+from appliance.model import LoadedModel, load_model
+from appliance.notes import Note
+from appliance.package import save_package
+from appliance.training import Trainer, seed_everything
+from federation import modes
+from federation.compression import encode_update, wire_bytes
+from federation.config import FederationConfig
+from federation.privacy import DPSGDPolicy, PrivacyLedger
+
+log = logging.getLogger(__name__)
+Arrays = dict[str, np.ndarray]
+
+
+@dataclass
+class LocalUpdate:
+    payload: Arrays
+    num_examples: int
+    metrics: dict[str, float | int | str] = field(default_factory=dict)
+    declined: str | None = None
+
+
+class HospitalNode:
+    """One hospital: its notes, its model copy, its ledger and residuals (under `state_dir`)."""
+
+    def __init__(
+        self,
+        cfg: FederationConfig,
+        loaded: LoadedModel,
+        notes: Sequence[Note],
+        state_dir: Path,
+        name: str,
+        heldout: Sequence[Note],
+    ) -> None:
+        self.cfg, self.loaded, self.name = cfg, loaded, name
+        self.notes, self.heldout = list(notes), list(heldout)
+        self.state_dir = state_dir
+        self.selection = LayerSelection.parse(cfg.spec, loaded.num_layers)
+        self.trainer = Trainer(
+            loaded, self.selection, self._train_config(0), progress=False, fresh_head=False
+        )
+        self.trainer._init_head(seed_everything(cfg.seed))
+        torch.manual_seed(cfg.seed)  # LoRA's A init: the same on every node
+        modes.prepare(loaded.model, cfg, self.selection)
+        self.names = modes.travelling_names(loaded.model)
+        self.windows = len(self.trainer.encode(self.notes)) if self.notes else 0
+        self.ledger = PrivacyLedger.open(
+            state_dir / "privacy-ledger.json", cfg.dp_epsilon_budget, cfg.dp_delta
+        )
+        self.residual = self._load_residual()
+
+    @classmethod
+    def load(
+        cls,
+        cfg: FederationConfig,
+        notes: Sequence[Note],
+        state_dir: Path,
+        name: str,
+        heldout: Sequence[Note] = (),
+    ) -> HospitalNode:
+        state_dir = Path(state_dir)
+        state_dir.mkdir(parents=True, exist_ok=True)
+        quantization = "nf4" if cfg.mode == "lora" and torch.cuda.is_available() else "none"
+        model_cfg = ModelConfig(base=cfg.base, attention=cfg.attention, quantization=quantization)
+        loaded = load_model(model_cfg, cfg.labels, state_dir, cfg.spec)
+        return cls(cfg, loaded, notes, state_dir, name, heldout)
+
+    def _train_config(self, server_round: int) -> TrainConfig:
+        c = self.cfg
+        return TrainConfig(
+            layers=c.spec,
+            labels=c.labels,
+            epochs=c.local_epochs,
+            batch_size=c.batch_size,
+            learning_rate=c.learning_rate,
+            head_learning_rate=c.head_learning_rate,
+            patience=c.local_epochs + 1,
+            seed=c.seed + server_round,
+            max_tokens=c.max_tokens,
+            context_tokens=c.context_tokens,
+            cache_dir=str(self.state_dir / "activations"),
+        )
+
+    def initial_arrays(self) -> Arrays:
+        return modes.get_arrays(self.loaded.model, self.names)
+
+    def set_arrays(self, arrays: Mapping[str, np.ndarray]) -> None:
+        modes.set_arrays(self.loaded.model, dict(arrays), self.names)
+
+    def train_round(
+        self,
+        arrays: Mapping[str, np.ndarray],
+        server_round: int,
+        overrides: Mapping[str, Any] | None = None,
+    ) -> LocalUpdate:
+        """Train from the global `arrays`; return the (compressed) update, or a declined round."""
+        started = time.perf_counter()
+        if not self.notes:
+            return LocalUpdate({}, 0, {"reason": "no local notes"}, declined="no local notes")
+        step = self._dp_step()
+        if step is not None and self.ledger.projected(step) > self.cfg.dp_epsilon_budget:
+            reason = (
+                f"privacy budget: this round would reach epsilon "
+                f"{self.ledger.projected(step):.3f} > budget {self.cfg.dp_epsilon_budget}"
+            )
+            log.warning("node %s declines round %d: %s", self.name, server_round, reason)
+            return LocalUpdate({}, 0, self._privacy_metrics() | {"reason": reason}, reason)
+        self.set_arrays(arrays)
+        reference = {k: np.asarray(v, np.float32) for k, v in arrays.items()}
+        loss = self._fit(server_round, reference, overrides or {})
+        if step is not None:
+            self.ledger.commit(server_round, step)
+        new = modes.get_arrays(self.loaded.model, self.names)
+        payload = encode_update(
+            new,
+            reference,
+            self.cfg.compression,
+            block=self.cfg.int8_block,
+            fraction=self.cfg.topk_fraction,
+            residual=self.residual,
+        )
+        if self.cfg.compression == "topk":
+            self._save_residual()
+        metrics: dict[str, float | int | str] = {
+            "loss": loss,
+            "train_seconds": round(time.perf_counter() - started, 3),
+            "bytes_sent": wire_bytes(payload),
+            "bytes_received": wire_bytes(dict(arrays)),
+        }
+        return LocalUpdate(payload, self.windows, metrics | self._privacy_metrics())
+
+    def _dp_step(self) -> tuple[float, float, int] | None:
+        if not self.cfg.dp:
+            return None
+        rate, steps = DPSGDPolicy.planned(self.windows, self.cfg.batch_size, self.cfg.local_epochs)
+        return (self.cfg.dp_noise_multiplier, rate, steps)
+
+    def _fit(self, server_round: int, reference: Arrays, overrides: Mapping[str, Any]) -> float:
+        trainer = self.trainer
+        trainer.cfg = self._train_config(server_round)
+        mu = float(overrides.get("proximal_mu", self.cfg.proximal_mu))
+        trainer.extra_loss = None
+        if self.cfg.strategy == "fedprox" and mu > 0:
+            trainer.extra_loss = self._proximal_term(reference, mu)
+        trainer.policy = None
+        if self.cfg.dp:
+            gen = torch.Generator().manual_seed(self.cfg.seed * 7919 + server_round)
+            trainer.policy = DPSGDPolicy(
+                self.loaded.model,
+                self.cfg.dp_noise_multiplier,
+                self.cfg.dp_max_grad_norm,
+                self.cfg.batch_size,
+                gen,
+            )
+        result = trainer.fit(self.notes, [])
+        return float(result.history[-1].loss) if result.history else float("nan")
+
+    def _proximal_term(self, reference: Arrays, mu: float) -> Any:
+        params = dict(self.loaded.model.named_parameters())
+        anchors = [(params[n], torch.from_numpy(reference[n])) for n in self.names]
+
+        def term() -> torch.Tensor:
+            total = sum(((p - a) ** 2).sum() for p, a in anchors)
+            return 0.5 * mu * torch.as_tensor(total)
+
+        return term
+
+    def _privacy_metrics(self) -> dict[str, float | int | str]:
+        if not self.cfg.dp:
+            return {}
+        return {
+            "eps_spent": round(self.ledger.epsilon_spent, 4),
+            "eps_remaining": round(self.ledger.epsilon_remaining, 4),
+            "eps_budget": self.cfg.dp_epsilon_budget,
+        }
+
+    def score(self, arrays: Mapping[str, np.ndarray], notes: Sequence[Note]) -> dict[str, float]:
+        """Strict entity F1 (and span F1) of the model with `arrays` on annotated `notes`."""
+        self.set_arrays(arrays)
+        annotator = Annotator(self.loaded, self.cfg.max_tokens, self.cfg.context_tokens, 16)
+        metrics = evaluate_predictions(notes, annotator.predict(notes))
+        return {
+            "f1": float(metrics["entity_strict"]["overall"]["f1"]),
+            "span_f1": float(metrics["span_exact"]["overall"]["f1"]),
+        }
+
+    def evaluate(self, arrays: Mapping[str, np.ndarray]) -> tuple[int, dict[str, float]]:
+        """Score the global model on this hospital's held-out notes."""
+        if not self.heldout:
+            return 0, {}
+        return len(self.heldout), self.score(arrays, self.heldout)
+
+    def write_package(self, arrays: Mapping[str, np.ndarray], path: Path) -> Path:
+        """An appliance model package of the model with `arrays` (LoRA merged into its layers)."""
+        self.set_arrays(arrays)
+        windowing = {"max_tokens": self.cfg.max_tokens, "context_tokens": self.cfg.context_tokens}
+        training = {
+            "federated": True,
+            "mode": self.cfg.mode,
+            "hospital": self.name,
+            "compression": self.cfg.compression,
+            "dp": self.cfg.dp,
+        }
+        tensors = modes.package_tensors(self.loaded.model, self.selection)
+        return save_package(path, self.loaded, self.selection, windowing, training, tensors)
+
+    def _load_residual(self) -> dict[str, np.ndarray]:
+        path = self.state_dir / "topk-residual.npz"
+        if self.cfg.compression != "topk" or not path.exists():
+            return {}
+        with np.load(path) as data:
+            return {k: data[k] for k in data.files if k in self.names}
+
+    def _save_residual(self) -> None:
+        path = self.state_dir / "topk-residual.npz"
+        tmp = path.with_name("topk-residual.tmp.npz")
+        np.savez(tmp, **self.residual)  # type: ignore[arg-type]
+        tmp.replace(path)

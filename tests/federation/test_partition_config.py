@@ -1,0 +1,63 @@
+"""Partitions have their stated properties; the run config converts in one place."""
+
+from __future__ import annotations
+
+from collections import Counter
+from pathlib import Path
+
+import pytest
+
+from federation.config import FederationConfig, from_run_config, to_run_config
+from federation.partition import dominant_label, partition
+from tests.federation.helpers import corpus
+
+
+@pytest.fixture(scope="module")
+def notes(tmp_path_factory: pytest.TempPathFactory):
+    return corpus(tmp_path_factory.mktemp("p"), 300, seed=4)
+
+
+def test_iid_is_even_and_complete(notes):
+    parts = partition(notes, 3, "iid", seed=1)
+    assert sorted(len(p) for p in parts) == [100, 100, 100]
+    assert sorted(n.note_id for p in parts for n in p) == sorted(n.note_id for n in notes)
+
+
+def test_dirichlet_skews_labels_and_repeats_with_the_seed(notes):
+    parts = partition(notes, 3, "dirichlet", alpha=0.1, seed=1)
+    assert parts == partition(notes, 3, "dirichlet", alpha=0.1, seed=1)
+    shares = [Counter(dominant_label(n) for n in p) for p in parts]
+    overall = Counter(dominant_label(n) for n in notes)
+    # with a small alpha some hospital's class mix is far from the corpus mix
+    skew = max(
+        abs(s[c] / sum(s.values()) - overall[c] / len(notes)) for s in shares for c in overall
+    )
+    assert skew > 0.2 and sum(len(p) for p in parts) == len(notes)
+
+
+def test_quantity_skew_gives_unequal_sizes(notes):
+    sizes = sorted(len(p) for p in partition(notes, 3, "quantity", alpha=0.5, seed=2))
+    assert sizes[-1] > 2 * sizes[0] and min(sizes) >= 1
+
+
+def test_bad_partitions_are_refused(notes):
+    with pytest.raises(ValueError, match="cannot split 300 notes over 0"):
+        partition(notes, 0, "iid")
+    with pytest.raises(ValueError, match="choose one of"):
+        partition(notes, 2, "random")
+
+
+def test_run_config_round_trip_and_errors(tmp_path: Path):
+    cfg = FederationConfig(mode="lora", compression="int8", labels=("Chemical",), rounds=5)
+    assert from_run_config(to_run_config(cfg)) == cfg
+    assert from_run_config({"dp.noise-multiplier": 0.7}).dp_noise_multiplier == 0.7
+    with pytest.raises(ValueError, match="unknown run-config key 'colour'"):
+        from_run_config({"colour": "red"})
+    with pytest.raises(ValueError, match="run-config rounds: expected int"):
+        from_run_config({"rounds": "many"})
+    with pytest.raises(ValueError, match="mode 'half'"):
+        FederationConfig(mode="half")
+    with pytest.raises(ValueError, match="proximal term would be silently lost"):
+        FederationConfig(dp=True, strategy="fedprox")
+    with pytest.raises(ValueError, match="secagg with compression"):
+        FederationConfig(secagg=True, compression="topk")

@@ -1,0 +1,59 @@
+"""DP-SGD at a hospital: the ledger's ε is Opacus' own, the budget is enforced, it resumes."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from opacus.accountants import RDPAccountant
+
+from federation.privacy import PrivacyLedger
+from federation.task import HospitalNode
+from tests.federation.helpers import corpus, tiny_config
+
+
+def test_ledger_epsilon_equals_opacus_accountant(tmp_path: Path):
+    ledger = PrivacyLedger.open(tmp_path / "ledger.json", 8.0, 1e-5)
+    accountant = RDPAccountant()
+    for server_round, (noise, rate, steps) in enumerate([(1.0, 0.05, 20), (1.2, 0.04, 25)], 1):
+        ledger.commit(server_round, (noise, rate, steps))
+        for _ in range(steps):
+            accountant.step(noise_multiplier=noise, sample_rate=rate)
+    assert ledger.epsilon_spent == pytest.approx(accountant.get_epsilon(1e-5), rel=1e-9)
+    resumed = PrivacyLedger.open(tmp_path / "ledger.json", 8.0, 1e-5)
+    assert resumed.epsilon_spent == pytest.approx(ledger.epsilon_spent)
+    with pytest.raises(ValueError, match="spent at delta 1e-05"):
+        PrivacyLedger.open(tmp_path / "ledger.json", 8.0, 1e-6)
+    (tmp_path / "ledger.json").write_text("{")
+    with pytest.raises(ValueError, match="refusing to guess"):
+        PrivacyLedger.open(tmp_path / "ledger.json", 8.0, 1e-5)
+
+
+def test_dp_rounds_spend_then_decline_over_budget(tiny_llama: Path, tmp_path: Path):
+    notes = corpus(tmp_path / "c", 60, seed=1)
+    cfg = tiny_config(
+        tiny_llama, dp=True, dp_noise_multiplier=1.5, dp_epsilon_budget=3.0, local_epochs=1
+    )
+    node = HospitalNode.load(cfg, notes, tmp_path / "node", "h")
+    arrays = node.initial_arrays()
+    first = node.train_round(arrays, 1)
+    assert first.declined is None and 0 < float(first.metrics["eps_spent"]) < 3.0
+    spent = node.ledger.epsilon_spent
+    assert first.metrics["eps_spent"] == pytest.approx(spent, abs=1e-4)
+    history = list(node.ledger.history)
+    declined = None
+    for server_round in range(2, 40):
+        update = node.train_round(arrays, server_round)
+        if update.declined:
+            declined = update
+            break
+    assert declined is not None and "privacy budget" in declined.declined
+    assert declined.payload == {} and declined.num_examples == 0
+    assert node.ledger.epsilon_spent <= 3.0 and len(node.ledger.history) >= len(history)
+    saved = json.loads((tmp_path / "node" / "privacy-ledger.json").read_text())
+    restarted = HospitalNode.load(cfg, notes, tmp_path / "node", "h")
+    assert restarted.ledger.epsilon_spent == pytest.approx(saved["epsilon_spent"])
+    assert restarted.train_round(arrays, 99).declined
+    assert np.isfinite(list(first.payload.values())[0]).all()
