@@ -1,0 +1,167 @@
+"""Dynamic batching: one thread groups windows of concurrent requests under a token budget."""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+from collections.abc import Sequence
+from concurrent.futures import Future
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from appliance.encoding import EncodedWindow
+from serving.backends import Backend
+from serving.metrics import ServingMetrics
+
+log = logging.getLogger(__name__)
+
+
+class QueueFull(RuntimeError):
+    """The bounded queue is full: the caller answers RESOURCE_EXHAUSTED."""
+
+
+class DeadlinePassed(RuntimeError):
+    """The request's deadline passed before its windows reached the model; the work was dropped."""
+
+
+@dataclass
+class BatchResult:
+    log_probs: list[np.ndarray]
+    queue_s: float
+    infer_s: float
+
+
+@dataclass
+class _Work:
+    backend: Backend
+    windows: Sequence[EncodedWindow]
+    deadline: float | None  # time.monotonic() seconds
+    enqueued: float = field(default_factory=time.monotonic)
+    future: Future[BatchResult] = field(default_factory=Future)
+
+    @property
+    def tokens(self) -> int:
+        return sum(len(w) for w in self.windows)
+
+
+def token_chunks(lengths: Sequence[int], budget: int) -> list[range]:
+    """Consecutive index ranges whose lengths sum to at most `budget` (one window at least)."""
+    chunks: list[range] = []
+    start, used = 0, 0
+    for i, n in enumerate(lengths):
+        if i > start and used + n > budget:
+            chunks.append(range(start, i))
+            start, used = i, 0
+        used += n
+    if start < len(lengths):
+        chunks.append(range(start, len(lengths)))
+    return chunks
+
+
+class Batcher:
+    """Bounded request queue + a worker thread that runs the model on grouped windows."""
+
+    def __init__(
+        self, token_budget: int, max_delay_s: float, max_queue: int, metrics: ServingMetrics
+    ) -> None:
+        self.token_budget = token_budget
+        self.max_delay_s = max_delay_s
+        self.metrics = metrics
+        self._queue: queue.Queue[_Work | None] = queue.Queue(maxsize=max_queue)
+        self._carry: _Work | None = None
+        self._thread = threading.Thread(target=self._loop, name="ner-batcher", daemon=True)
+        self._thread.start()
+        metrics.watch_queue(self._queue.qsize)
+
+    def submit(
+        self, backend: Backend, windows: Sequence[EncodedWindow], deadline: float | None
+    ) -> Future[BatchResult]:
+        """Queue one request's windows for `backend` (the model it was tokenized for)."""
+        work = _Work(backend, windows, deadline)
+        try:
+            self._queue.put_nowait(work)
+        except queue.Full:
+            raise QueueFull(f"the request queue is full ({self._queue.maxsize} requests)") from None
+        return work.future
+
+    def stop(self) -> None:
+        self._queue.put(None)
+        self._thread.join(timeout=30)
+
+    def _next(self, timeout: float | None) -> _Work | None:
+        if self._carry is not None:
+            work, self._carry = self._carry, None
+            return work
+        return self._queue.get(timeout=timeout) if timeout is None or timeout > 0 else None
+
+    def _collect(self, first: _Work) -> list[_Work]:
+        """`first` plus whatever arrives within the delay, for the same model, under budget."""
+        group, tokens = [first], first.tokens
+        until = time.monotonic() + self.max_delay_s
+        while tokens < self.token_budget:
+            try:
+                work = self._next(until - time.monotonic())
+            except queue.Empty:
+                break
+            if work is None or work.backend is not first.backend:
+                self._carry = work  # next batch (another model version, or the stop signal)
+                break
+            if tokens + work.tokens > self.token_budget:
+                self._carry = work
+                break
+            group.append(work)
+            tokens += work.tokens
+        return group
+
+    def _loop(self) -> None:
+        while True:
+            first = self._next(None)
+            if first is None:
+                return
+            group = self._collect(first)
+            self._run(group)
+
+    def _live(self, group: list[_Work]) -> list[_Work]:
+        now = time.monotonic()
+        live = []
+        for work in group:
+            if work.deadline is not None and work.deadline <= now:
+                work.future.set_exception(DeadlinePassed("the deadline passed while queued"))
+            elif work.future.set_running_or_notify_cancel():
+                live.append(work)
+        return live
+
+    def _run(self, group: list[_Work]) -> None:
+        live = self._live(group)
+        if not live:
+            return
+        started = time.monotonic()
+        windows = [w for work in live for w in work.windows]
+        try:
+            out = self._infer(live[0].backend, windows)
+        except Exception as err:  # noqa: BLE001 - the model failed: every waiting request learns why
+            log.exception("model batch of %d windows failed", len(windows))
+            for work in live:
+                work.future.set_exception(err)
+            return
+        infer_s = time.monotonic() - started
+        self.metrics.inference_seconds.observe(infer_s)
+        at = 0
+        for work in live:
+            queue_s = started - work.enqueued
+            self.metrics.queue_seconds.observe(queue_s)
+            n = len(work.windows)
+            work.future.set_result(BatchResult(out[at : at + n], queue_s, infer_s))
+            at += n
+
+    def _infer(self, backend: Backend, windows: list[EncodedWindow]) -> list[np.ndarray]:
+        out: list[np.ndarray] = []
+        for chunk in token_chunks([len(w) for w in windows], self.token_budget):
+            batch = [windows[i] for i in chunk]
+            self.metrics.batch_windows.observe(len(batch))
+            self.metrics.batch_tokens.observe(sum(len(w) for w in batch))
+            out.extend(backend.log_probs(batch))
+        return out

@@ -1,0 +1,97 @@
+"""A small typed Python client for `appliance.ner.v1.NerService`."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator, Sequence
+from pathlib import Path
+from types import TracebackType
+
+import grpc
+
+from serving.api import ner_pb2, ner_pb2_grpc
+from serving.tls import channel_credentials
+
+UNITS = {
+    "code_point": ner_pb2.OFFSET_UNIT_CODE_POINT,
+    "utf16": ner_pb2.OFFSET_UNIT_UTF16,
+    "utf8": ner_pb2.OFFSET_UNIT_UTF8,
+}
+
+
+def request(
+    text: str,
+    note_id: str = "",
+    unit: str = "code_point",
+    categories: Sequence[str] = (),
+    include_text: bool = False,
+) -> ner_pb2.AnalyzeRequest:
+    """An AnalyzeRequest; `unit` is one of code_point, utf16, utf8."""
+    if unit not in UNITS:
+        raise ValueError(f"unit: {unit!r} unknown; choose one of {sorted(UNITS)}")
+    return ner_pb2.AnalyzeRequest(
+        note_id=note_id,
+        text=text,
+        offset_unit=UNITS[unit],
+        categories=list(categories),
+        include_text=include_text,
+    )
+
+
+class NerClient:
+    """`NerClient("host:port")` (plaintext) or with `ca`, and `cert`+`key` for mTLS."""
+
+    def __init__(
+        self,
+        target: str,
+        ca: Path | None = None,
+        cert: Path | None = None,
+        key: Path | None = None,
+        timeout: float = 30.0,
+        server_name: str | None = None,
+    ) -> None:
+        self.timeout = timeout
+        if ca is None and cert is None:
+            self.channel = grpc.insecure_channel(target)
+        else:
+            options = [("grpc.ssl_target_name_override", server_name)] if server_name else []
+            self.channel = grpc.secure_channel(target, channel_credentials(ca, cert, key), options)
+        self.stub = ner_pb2_grpc.NerServiceStub(self.channel)
+
+    def analyze(self, text: str, **fields: object) -> ner_pb2.AnalyzeResponse:
+        """Annotate one note (fields: note_id, unit, categories, include_text)."""
+        response: ner_pb2.AnalyzeResponse = self.stub.Analyze(
+            request(text, **fields),  # type: ignore[arg-type]
+            timeout=self.timeout,
+        )
+        return response
+
+    def analyze_batch(self, requests: Sequence[ner_pb2.AnalyzeRequest]) -> list[ner_pb2.NoteResult]:
+        """Annotate several notes; each result has its own status code (0: OK)."""
+        batch = ner_pb2.AnalyzeBatchRequest(notes=list(requests))
+        return list(self.stub.AnalyzeBatch(batch, timeout=self.timeout).results)
+
+    def stream(
+        self, requests: Iterable[ner_pb2.AnalyzeRequest], timeout: float | None = None
+    ) -> Iterator[ner_pb2.NoteResult]:
+        """Bulk back-fill: one result per request, in order."""
+        return iter(self.stub.AnalyzeStream(iter(requests), timeout=timeout))
+
+    def info(self) -> ner_pb2.InfoResponse:
+        response: ner_pb2.InfoResponse = self.stub.GetInfo(
+            ner_pb2.GetInfoRequest(), timeout=self.timeout
+        )
+        return response
+
+    def close(self) -> None:
+        self.channel.close()
+
+    def __enter__(self) -> NerClient:
+        return self
+
+    def __exit__(
+        self,
+        kind: type[BaseException] | None,
+        value: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()

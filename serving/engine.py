@@ -1,0 +1,258 @@
+"""The served model and the annotation path: validate, tokenize, batch, decode, convert offsets."""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import grpc
+
+from appliance.encoding import EncodedWindow, encode_notes
+from appliance.inference import assemble
+from appliance.notes import EntitySpan, Note
+from serving.api import ner_pb2
+from serving.backends import Backend, BackendOptions, load_backend
+from serving.batching import Batcher, DeadlinePassed, QueueFull
+from serving.config import ServingConfig
+from serving.metrics import ServingMetrics
+from serving.offsets import UNITS, offset_table
+
+log = logging.getLogger(__name__)
+
+# Annotated by every new version before it serves: loading alone does not prove it decodes.
+SMOKE_TEXT = "The patient developed hepatotoxicity after taking acetaminophen 500 mg daily."
+
+
+class RequestError(Exception):
+    """A request the engine refuses: a gRPC status code and a message for the caller."""
+
+    def __init__(self, code: grpc.StatusCode, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+@dataclass(frozen=True)
+class ServedModel:
+    """One loaded model version; requests hold a reference so a swap never cuts them off."""
+
+    backend: Backend
+    version: str
+    max_tokens: int
+    context_tokens: int
+    categories: tuple[str, ...]
+
+    @property
+    def fingerprint(self) -> str:
+        return str(self.backend.meta.get("base", {}).get("fingerprint", ""))
+
+    def encode(self, notes: Sequence[Note]) -> list[EncodedWindow]:
+        return encode_notes(
+            self.backend.tokenizer, notes, None, self.max_tokens, self.context_tokens
+        )
+
+
+def load_served_model(config: ServingConfig, path: Path, version: str) -> ServedModel:
+    """Load `path` with the configured backend and prove it annotates the smoke sentence."""
+    options = BackendOptions(state_dir=config.state_dir, base=config.base, threads=config.threads)
+    backend = load_backend(config.backend, path, options)
+    windowing = backend.meta.get("windowing", {})
+    categories = sorted({tag[2:] for tag in backend.labels if tag[:2] in ("B-", "I-")})
+    model = ServedModel(
+        backend,
+        version,
+        int(windowing.get("max_tokens", 512)),
+        int(windowing.get("context_tokens", 64)),
+        tuple(categories),
+    )
+    smoke_check(model)
+    return model
+
+
+def smoke_check(model: ServedModel) -> None:
+    """Raise ValueError unless the model scores and decodes a fixed sentence into valid spans."""
+    windows = model.encode([Note("smoke", SMOKE_TEXT)])
+    log_probs = model.backend.log_probs(windows)
+    for w, lp in zip(windows, log_probs, strict=True):
+        if lp.shape != (len(w.core_words), len(model.backend.labels)):
+            raise ValueError(
+                f"smoke check: log-probs of shape {lp.shape} for {len(w.core_words)} words"
+            )
+    (prediction,) = assemble(1, windows, log_probs, model.backend.labels)
+    for span in prediction.spans:
+        if not 0 <= span.start < span.end <= len(SMOKE_TEXT) or span.label not in model.categories:
+            raise ValueError(f"smoke check: span {span.start}-{span.end} {span.label!r} is invalid")
+
+
+@dataclass(frozen=True)
+class NoteRequest:
+    """One note to annotate, as the servicer received it (validated by the engine)."""
+
+    note_id: str
+    text: str
+    offset_unit: int
+    categories: tuple[str, ...]
+    include_text: bool
+
+    @classmethod
+    def from_proto(cls, req: ner_pb2.AnalyzeRequest) -> NoteRequest:
+        return cls(req.note_id, req.text, req.offset_unit, tuple(req.categories), req.include_text)
+
+
+class Engine:
+    """Holds the current model and annotates notes through the shared batcher."""
+
+    def __init__(self, config: ServingConfig, metrics: ServingMetrics) -> None:
+        self.config = config
+        self.metrics = metrics
+        self.model: ServedModel | None = None
+        self.accepting = True
+        self.batcher = Batcher(
+            config.token_budget, config.max_queue_delay_ms / 1000, config.max_queue, metrics
+        )
+        self._tokenize_lock = threading.Lock()  # fast tokenizers refuse concurrent use
+
+    def install(self, model: ServedModel) -> None:
+        """Swap in `model` (one reference assignment: requests already running keep theirs)."""
+        self.model = model
+        self.metrics.model.info(
+            {
+                "version": model.version,
+                "backend": model.backend.name,
+                "quantization": model.backend.quantization,
+            }
+        )
+
+    def serving_model(self) -> ServedModel:
+        model = self.model
+        if model is None or not self.accepting:
+            state = "loading a model" if model is None else "draining"
+            raise RequestError(grpc.StatusCode.UNAVAILABLE, f"the server is {state}; retry later")
+        return model
+
+    def check(self, req: NoteRequest, model: ServedModel) -> None:
+        """Raise INVALID_ARGUMENT saying what is wrong with `req` and which limit it broke."""
+        where = f"note {req.note_id!r}" if req.note_id else "note"
+        if not req.text.strip():
+            raise RequestError(grpc.StatusCode.INVALID_ARGUMENT, f"{where}: text is empty")
+        if len(req.text) > self.config.max_note_chars:
+            raise RequestError(
+                grpc.StatusCode.INVALID_ARGUMENT,
+                f"{where}: text has {len(req.text)} characters; the limit is "
+                f"{self.config.max_note_chars} (max_note_chars)",
+            )
+        if req.offset_unit not in UNITS:
+            raise RequestError(
+                grpc.StatusCode.INVALID_ARGUMENT,
+                f"{where}: offset_unit {req.offset_unit} is unknown; use CODE_POINT, UTF16 or UTF8",
+            )
+        unknown = sorted(set(req.categories) - set(model.categories))
+        if unknown:
+            raise RequestError(
+                grpc.StatusCode.INVALID_ARGUMENT,
+                f"{where}: unknown categories {unknown}; this model has {list(model.categories)}",
+            )
+
+    def check_batch_size(self, count: int) -> None:
+        if count > self.config.max_batch_notes:
+            raise RequestError(
+                grpc.StatusCode.INVALID_ARGUMENT,
+                f"the batch has {count} notes; the limit is {self.config.max_batch_notes} "
+                "(max_batch_notes)",
+            )
+
+    def analyze(
+        self, requests: Sequence[NoteRequest], deadline: float | None
+    ) -> list[ner_pb2.AnalyzeResponse | RequestError]:
+        """Annotate valid notes in one queued unit; invalid ones get their error in place."""
+        model = self.serving_model()
+        results: list[ner_pb2.AnalyzeResponse | RequestError] = []
+        valid: list[int] = []
+        for i, req in enumerate(requests):
+            try:
+                self.check(req, model)
+                valid.append(i)
+                results.append(RequestError(grpc.StatusCode.INTERNAL, "not run"))
+            except RequestError as err:
+                results.append(err)
+        if valid:
+            answers = self._run(model, [requests[i] for i in valid], deadline)
+            for i, answer in zip(valid, answers, strict=True):
+                results[i] = answer
+        return results
+
+    def _run(
+        self, model: ServedModel, reqs: Sequence[NoteRequest], deadline: float | None
+    ) -> list[ner_pb2.AnalyzeResponse]:
+        started = time.monotonic()
+        notes = [Note(r.note_id or f"note-{i}", r.text) for i, r in enumerate(reqs)]
+        with self._tokenize_lock:
+            windows = model.encode(notes)
+        tokenized = time.monotonic()
+        try:
+            future = self.batcher.submit(model.backend, windows, deadline)
+        except QueueFull as err:
+            raise RequestError(grpc.StatusCode.RESOURCE_EXHAUSTED, f"{err}; retry later") from None
+        try:
+            timeout = None if deadline is None else max(0.0, deadline - time.monotonic()) + 1.0
+            batch = future.result(timeout=timeout)
+        except (DeadlinePassed, TimeoutError):
+            raise RequestError(
+                grpc.StatusCode.DEADLINE_EXCEEDED, "the deadline passed; the work was dropped"
+            ) from None
+        decoded = time.monotonic()
+        predictions = assemble(len(notes), windows, batch.log_probs, model.backend.labels)
+        timings = ner_pb2.Timings(
+            queue_ms=batch.queue_s * 1000,
+            tokenize_ms=(tokenized - started) * 1000,
+            infer_ms=batch.infer_s * 1000,
+        )
+        out = [
+            self._response(model, req, i, windows, pred.spans, timings)
+            for i, (req, pred) in enumerate(zip(reqs, predictions, strict=True))
+        ]
+        post_ms = (time.monotonic() - decoded) * 1000
+        for response in out:
+            response.timings.post_ms = post_ms
+        return out
+
+    def _response(
+        self,
+        model: ServedModel,
+        req: NoteRequest,
+        index: int,
+        windows: Sequence[EncodedWindow],
+        spans: Sequence[EntitySpan],
+        timings: ner_pb2.Timings,
+    ) -> ner_pb2.AnalyzeResponse:
+        own = [w for w in windows if w.note_index == index]
+        self.metrics.note_windows.observe(len(own))
+        unit = UNITS[req.offset_unit]
+        table = offset_table(req.text, unit)
+        response = ner_pb2.AnalyzeResponse(
+            note_id=req.note_id,
+            model_version=model.version,
+            token_count=sum(len(w) for w in own),
+            windows=len(own),
+            offset_unit=ner_pb2.OffsetUnit.Name(unit),
+        )
+        response.timings.CopyFrom(timings)
+        wanted = set(req.categories)
+        for span in spans:
+            if wanted and span.label not in wanted:
+                continue
+            self.metrics.entities.labels(span.label).inc()
+            entity = response.entities.add(
+                id=f"T{len(response.entities) + 1}",
+                begin=table[span.start],
+                end=table[span.end],
+                category=span.label,
+                score=float(span.score or 0.0),
+            )
+            if req.include_text:
+                entity.text = req.text[span.start : span.end]
+        return response

@@ -1,0 +1,67 @@
+"""Follow the registry's `current` pointer: load and smoke-check a new version, then swap it in."""
+
+from __future__ import annotations
+
+import logging
+import threading
+from pathlib import Path
+
+from appliance.registry import ModelRegistry, RegistryError
+from serving.engine import Engine, load_served_model
+
+log = logging.getLogger(__name__)
+
+
+class ModelWatcher:
+    """Polls the registry; a version that fails to load or smoke leaves the old one serving."""
+
+    def __init__(self, engine: Engine, registry: Path, interval_s: float) -> None:
+        self.engine = engine
+        self.registry = ModelRegistry(registry)
+        self.interval_s = interval_s
+        self.failed: set[str] = set()  # not retried: a broken version stays broken
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name="model-watcher", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=30)
+
+    def _loop(self) -> None:
+        while not self._stop.is_set():
+            self.check_once()
+            self._stop.wait(self.interval_s)
+
+    def check_once(self) -> bool:
+        """Swap to the registry's current version if it is new and good; True if swapped."""
+        try:
+            current = self.registry.current()
+        except (RegistryError, OSError) as err:
+            log.warning("registry %s unreadable: %s", self.registry.root, err)
+            return False
+        served = self.engine.model
+        if current is None or current.version in self.failed:
+            return False
+        if served is not None and served.version == current.version:
+            return False
+        log.info("loading model version %s", current.version)
+        try:
+            model = load_served_model(self.engine.config, current.path, current.version)
+        except Exception as err:  # noqa: BLE001 - any failure must leave the old model serving
+            self.failed.add(current.version)
+            self.engine.metrics.swap_failures.inc()
+            log.error(
+                "version %s refused (%s: %s); still serving %s",
+                current.version,
+                type(err).__name__,
+                err,
+                served.version if served else "nothing",
+            )
+            return False
+        self.engine.install(model)
+        self.engine.metrics.swaps.inc()
+        log.info("now serving version %s", current.version)
+        return True
