@@ -70,6 +70,10 @@ class ServingMetrics:
             gpu = Gauge("appliance_ner_gpu_memory_bytes", "CUDA memory allocated", registry=r)
             gpu.set_function(lambda: float(torch.cuda.memory_allocated()))
 
+    def value(self, name: str, **labels: str) -> float:
+        """The current value of one sample (0 when it has not been recorded yet)."""
+        return self.registry.get_sample_value(name, labels or None) or 0.0
+
     def watch_queue(self, depth: Callable[[], int]) -> None:
         self.queue_depth.set_function(lambda: float(depth()))
 

@@ -89,7 +89,7 @@ class NerServer:
         self._set_health(health_pb2.HealthCheckResponse.NOT_SERVING)
         self.engine.accepting = False
         until = time.monotonic() + grace
-        while self.engine.metrics.in_flight._value.get() > 0 and time.monotonic() < until:
+        while self.engine.metrics.value("appliance_ner_in_flight") > 0 and time.monotonic() < until:
             time.sleep(0.02)
         self.grpc.stop(max(0.0, until - time.monotonic())).wait()
         if self.watcher is not None:

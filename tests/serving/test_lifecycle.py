@@ -17,6 +17,7 @@ from tests.serving.servers import config_for, make_pki, publish, running
 
 NOTE = "the patient was given aspirin and developed fever"
 Status = health_pb2.HealthCheckResponse
+FAILED = "appliance_ner_model_swap_failures_total"
 
 
 def _watch(port: int, seen: list[int], stop: threading.Event) -> None:
@@ -90,7 +91,7 @@ def test_swap_under_load_fails_no_request(tiny_package: Path, tmp_path: Path) ->
         (broken.path / "package.json").write_text("{not json")
         registry.promote(broken.version, "test")
         until = time.monotonic() + 30
-        while server.engine.metrics.swap_failures._value.get() < 1 and time.monotonic() < until:
+        while server.engine.metrics.value(FAILED) < 1 and time.monotonic() < until:
             time.sleep(0.05)
         time.sleep(0.3)
         done.set()
@@ -99,8 +100,10 @@ def test_swap_under_load_fails_no_request(tiny_package: Path, tmp_path: Path) ->
         assert client.analyze(NOTE).model_version == second  # the old one kept serving
     assert failures == []
     assert versions[0] == first and versions[-1] == second and first != second
-    assert server.engine.metrics.swaps._value.get() == 2  # first load + the swap
-    assert server.engine.metrics.swap_failures._value.get() == 1
+    assert (
+        server.engine.metrics.value("appliance_ner_model_swaps_total") == 2
+    )  # first load + the swap
+    assert server.engine.metrics.value(FAILED) == 1
     assert server.watcher is not None and server.watcher.failed == {broken.version}
 
 
