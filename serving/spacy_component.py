@@ -12,6 +12,21 @@ from serving.client import NerClient
 
 log = logging.getLogger(__name__)
 MISALIGNED = "appliance_misaligned"  # doc.user_data key: entities not on spaCy token boundaries
+UNPLACED = "appliance_unplaced"  # widened entities that collided with another of another category
+
+
+def _merge_widened(doc: Doc, spans: list[Span]) -> list[Span]:
+    """Widened spans can share a token: same category merges, otherwise the first one stays."""
+    placed: list[Span] = []
+    for span in spans:  # the server returns entities in text order
+        last = placed[-1] if placed else None
+        if last is None or span.start >= last.end:
+            placed.append(span)
+        elif span.label_ == last.label_:
+            placed[-1] = Span(doc, last.start, max(last.end, span.end), label=last.label_)
+        else:
+            doc.user_data[UNPLACED].append((span.start_char, span.end_char, span.label_))
+    return placed
 
 
 class RemoteNer:
@@ -51,7 +66,8 @@ class RemoteNer:
         if misaligned:
             log.warning("%d entities widened to token boundaries", len(misaligned))
         doc.user_data[MISALIGNED] = misaligned
-        doc.ents = spans
+        doc.user_data[UNPLACED] = []
+        doc.ents = _merge_widened(doc, spans)
         return doc
 
 

@@ -15,10 +15,12 @@ import grpc
 import pytest
 import spacy
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+from spacy.tokens import Doc
 
 import serving.spacy_component  # noqa: F401 - registers the appliance_ner factory
 from appliance.cli import main
-from serving.spacy_component import MISALIGNED
+from serving.client import NerClient
+from serving.spacy_component import MISALIGNED, UNPLACED
 
 NOTE = "the patient was given aspirin and developed fever after cisplatin"
 
@@ -86,3 +88,27 @@ def test_spacy_component_sets_ents(served: str) -> None:
         ("cisplatin", "Chemical"),
     }
     assert doc.user_data[MISALIGNED] == []
+
+
+def test_spacy_component_widens_misaligned_entities(served: str) -> None:
+    nlp = spacy.blank("en")
+    # A whitespace tokenizer keeps "aspirin," as one token: the entity "aspirin" ends inside it.
+    nlp.tokenizer = lambda text: Doc(nlp.vocab, words=text.split(" "))
+    nlp.add_pipe("appliance_ner", config={"target": served})
+    text = "the patient was given aspirin, and developed fever"
+    doc = nlp(text)
+    assert ("aspirin,", "Chemical") in {(e.text, e.label_) for e in doc.ents}
+    assert (22, 29, "Chemical") in doc.user_data[MISALIGNED]
+    # Nothing is dropped silently: every served entity is in doc.ents or listed as unplaced.
+    with NerClient(served) as client:
+        served_entities = client.analyze(text).entities
+    for e in served_entities:
+        placed = any(
+            ent.start_char <= e.begin and e.end <= ent.end_char and ent.label_ == e.category
+            for ent in doc.ents
+        )
+        unplaced = any(
+            b <= e.begin and e.end <= end and label == e.category
+            for b, end, label in doc.user_data[UNPLACED]
+        )
+        assert placed != unplaced, (e.begin, e.end, e.category)
