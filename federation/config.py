@@ -94,8 +94,13 @@ class FederationConfig:
                 "secagg with compression: SecAgg+ quantizes and masks whole "
                 "tensors itself; set compression = none"
             )
-        if self.secagg and self.secagg_threshold > self.secagg_shares:
-            raise ValueError("secagg-threshold must be <= secagg-shares")
+        if self.secagg and not 2 <= self.secagg_threshold <= self.secagg_shares:
+            raise ValueError("secagg-threshold must be in 2..secagg-shares")
+        if self.secagg and (self.secagg_shares < 3 or self.secagg_shares > self.min_nodes):
+            raise ValueError(
+                "secagg-shares must be >= 3 (Flower) and <= min-nodes, so every "
+                "sampled node can hold a share"
+            )
 
     @property
     def spec(self) -> str:

@@ -124,7 +124,7 @@ class DaemonConfig:
             "tolerance": self.tolerance,
             **self.node_config,
         }
-        return " ".join(f"{k}={_toml_value(v)}" for k, v in values.items())
+        return " ".join(f"{k}={toml_value(v)}" for k, v in values.items())
 
     def command(self) -> list[str]:
         """The SuperNode command line the daemon supervises."""
@@ -175,7 +175,7 @@ def _is_loopback(host: str) -> bool:
         return False
 
 
-def _toml_value(value: Any) -> str:
+def toml_value(value: Any) -> str:
     if isinstance(value, bool):
         return "true" if value else "false"
     if isinstance(value, int | float):

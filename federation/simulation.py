@@ -62,10 +62,13 @@ def simulate(
     test_notes: Sequence[Note],
     state_dir: Path,
     on_round: Callable[[RoundRecord], None] | None = None,
+    bases_dir: Path | None = None,
 ) -> SimulationResult:
     """Run `cfg.rounds` rounds of train -> check -> aggregate -> score on `test_notes`."""
     nodes = [
-        HospitalNode.load(cfg, notes, state_dir / f"hospital-{i}", f"hospital-{i}")
+        HospitalNode.load(
+            cfg, notes, state_dir / f"hospital-{i}", f"hospital-{i}", bases_dir=bases_dir
+        )
         for i, notes in enumerate(partitions)
     ]
     global_arrays = nodes[0].initial_arrays()

@@ -80,12 +80,14 @@ class HospitalNode:
         state_dir: Path,
         name: str,
         heldout: Sequence[Note] = (),
+        bases_dir: Path | None = None,
     ) -> HospitalNode:
+        """`bases_dir`: where a GGUF base is materialized (default: the node's state dir)."""
         state_dir = Path(state_dir)
         state_dir.mkdir(parents=True, exist_ok=True)
         quantization = "nf4" if cfg.mode == "lora" and torch.cuda.is_available() else "none"
         model_cfg = ModelConfig(base=cfg.base, attention=cfg.attention, quantization=quantization)
-        loaded = load_model(model_cfg, cfg.labels, state_dir, cfg.spec)
+        loaded = load_model(model_cfg, cfg.labels, bases_dir or state_dir, cfg.spec)
         return cls(cfg, loaded, notes, state_dir, name, heldout)
 
     def _train_config(self, server_round: int) -> TrainConfig:

@@ -1,0 +1,181 @@
+"""Federation benchmark: BC5CDR over 3 simulated hospitals, layers vs LoRA vs full, compression.
+
+For each configuration: strict test F1 after every round, bytes per client per round (measured
+on the serialized payloads) and in total, against full-model FedAvg (every parameter at fp32
+each way) and against centralized training of the same layers on the union of the hospitals'
+notes for the same number of epochs. Rows persist in results/federation.json, so the table is
+rewritten after every configuration. Run from the repository root:
+
+    .venv/bin/python benchmarks/federation.py [--notes-per-hospital N] [--rounds R] [--only NAME]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shlex
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from appliance.config import ModelConfig, TrainConfig  # noqa: E402
+from appliance.evaluation import evaluate_predictions  # noqa: E402
+from appliance.inference import Annotator  # noqa: E402
+from appliance.layers import LayerSelection  # noqa: E402
+from appliance.model import load_model  # noqa: E402
+from appliance.readers import read_notes  # noqa: E402
+from appliance.training import Trainer  # noqa: E402
+from benchmarks.core import machine  # noqa: E402
+from federation.config import FederationConfig  # noqa: E402
+from federation.partition import partition  # noqa: E402
+from federation.simulation import simulate  # noqa: E402
+
+DATA = ROOT / "data" / "bc5cdr"
+RESULT = ROOT / "benchmarks" / "results" / "federation.md"
+STORE = RESULT.with_suffix(".json")
+LABELS = ("Chemical", "Disease")
+
+# name -> (split, FederationConfig overrides)
+CONFIGS: dict[str, tuple[str, dict[str, Any]]] = {
+    "layers-top8 iid": ("iid", {"mode": "layers"}),
+    "layers-top8 dirichlet": ("dirichlet", {"mode": "layers"}),
+    "layers-top8+int8 dirichlet": ("dirichlet", {"mode": "layers", "compression": "int8"}),
+    "lora-top8 dirichlet": ("dirichlet", {"mode": "lora", "learning_rate": 1e-3}),
+    "lora-top8+int8 iid": ("iid", {"mode": "lora", "learning_rate": 1e-3, "compression": "int8"}),
+    "lora-top8+int8 dirichlet": (
+        "dirichlet",
+        {"mode": "lora", "learning_rate": 1e-3, "compression": "int8"},
+    ),
+    "full dirichlet": ("dirichlet", {"mode": "full", "learning_rate": 1e-4}),
+}
+
+
+def full_model_bytes(state_dir: Path) -> int:
+    """Bytes one full-model FedAvg exchange carries one way: every parameter at fp32."""
+    loaded = load_model(ModelConfig(base="embedded"), LABELS, state_dir, "head")
+    return sum(p.numel() * 4 for p in loaded.model.parameters())
+
+
+def centralized(args: argparse.Namespace, train: list, test: list) -> dict[str, Any]:
+    """The same top:8 training on the union of the notes, rounds x local epochs epochs."""
+    cfg = TrainConfig(
+        layers="top:8",
+        epochs=args.rounds,
+        cache_dir=str(args.state_dir / "act"),
+        patience=args.rounds + 1,
+    )
+    loaded = load_model(ModelConfig(base="embedded"), LABELS, args.state_dir, "top:8")
+    selection = LayerSelection.parse("top:8", loaded.num_layers)
+    started = time.perf_counter()
+    Trainer(loaded, selection, cfg, progress=False).fit(train, [])
+    annotator = Annotator(loaded, cfg.max_tokens, cfg.context_tokens, 16)
+    f1 = evaluate_predictions(test, annotator.predict(test))["entity_strict"]["overall"]["f1"]
+    return {"f1": float(f1), "seconds": round(time.perf_counter() - started, 1)}
+
+
+def run(name: str, args: argparse.Namespace, train: list, test: list) -> dict[str, Any]:
+    split, overrides = CONFIGS[name]
+    cfg = FederationConfig(
+        rounds=args.rounds, local_epochs=1, layers="top:8", min_nodes=3, **overrides
+    )
+    parts = partition(train, 3, split, alpha=0.5, seed=13)
+    started = time.perf_counter()
+    state = args.state_dir / "federation" / split
+    result = simulate(cfg, parts, test, state, bases_dir=args.state_dir)
+    rounds = result.as_dict()["rounds"]
+    up = [sum(r["bytes_up"].values()) / len(r["bytes_up"]) for r in rounds]
+    down = [sum(r["bytes_down"].values()) / len(r["bytes_down"]) for r in rounds]
+    return {
+        "name": name,
+        "split": split,
+        "config": overrides,
+        "rounds": args.rounds,
+        "hospital_notes": [len(p) for p in parts],
+        "initial_f1": result.initial_f1,
+        "f1_per_round": [r["test_f1"] for r in rounds],
+        "bytes_up_per_client_round": up,
+        "bytes_down_per_client_round": down,
+        "exchange_parameters": result.exchange_parameters,
+        "seconds": round(time.perf_counter() - started, 1),
+    }
+
+
+def write_table(store: dict[str, Any]) -> None:
+    full = store["full_model_bytes"]
+    central = store.get("centralized", {}).get("f1")
+    lines = [
+        "# Federation benchmark",
+        "",
+        f"Command: `{store['command']}`  ",
+        f"Machine: {store['machine']}  ",
+        f"Date: {store['date']}",
+        "",
+        f"BC5CDR train sentences split over 3 hospitals ({store['notes_per_hospital']} each on "
+        f"average), strict entity F1 on the first {store['test_notes']} test sentences, "
+        f"SmolLM2-135M, {store['rounds']} rounds x 1 local epoch. Full-model FedAvg moves "
+        f"{full / 1e6:.1f} MB each way per client per round (every parameter at fp32).",
+        "",
+        f"Centralized top:8 on the union of the notes, {store['rounds']} epochs: strict F1 "
+        f"**{central:.4f}**"
+        if central is not None
+        else "Centralized: not measured",
+        "",
+        "| configuration | split | F1 per round | final F1 | vs centralized | up+down per client "
+        "per round | share of full FedAvg | total bytes (3 clients) |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for row in store["rows"].values():
+        per_round = row["bytes_up_per_client_round"][-1] + row["bytes_down_per_client_round"][-1]
+        total = 3 * sum(row["bytes_up_per_client_round"]) + 3 * sum(
+            row["bytes_down_per_client_round"]
+        )
+        final = row["f1_per_round"][-1]
+        gap = f"{(final - central) * 100:+.1f} pt" if central is not None else "n/a"
+        lines.append(
+            f"| {row['name']} | {row['split']} | "
+            f"{', '.join(f'{f:.3f}' for f in row['f1_per_round'])} | {final:.4f} | {gap} | "
+            f"{per_round / 1e6:.2f} MB | {per_round / (2 * full) * 100:.2f}% | "
+            f"{total / 1e6:.1f} MB |"
+        )
+    RESULT.write_text("\n".join(lines + ["", store.get("notes", "")]) + "\n", encoding="utf-8")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--notes-per-hospital", type=int, default=400)
+    parser.add_argument("--test-notes", type=int, default=400)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--state-dir", type=Path, default=Path("/tmp/state"))
+    parser.add_argument("--only", nargs="*", choices=sorted(CONFIGS), help="run only these")
+    parser.add_argument("--skip-centralized", action="store_true")
+    args = parser.parse_args()
+    train = read_notes(str(DATA / "train.tsv")).notes[: 3 * args.notes_per_hospital]
+    test = read_notes(str(DATA / "test.tsv")).notes[: args.test_notes]
+    store: dict[str, Any] = json.loads(STORE.read_text()) if STORE.exists() else {"rows": {}}
+    store.update(
+        command="python benchmarks/federation.py " + shlex.join(sys.argv[1:]),
+        machine=machine(),
+        date=time.strftime("%Y-%m-%d"),
+        rounds=args.rounds,
+        notes_per_hospital=args.notes_per_hospital,
+        test_notes=args.test_notes,
+        full_model_bytes=full_model_bytes(args.state_dir),
+    )
+    if not args.skip_centralized:
+        store["centralized"] = centralized(args, train, test)
+        print("centralized", store["centralized"], flush=True)
+    for name in args.only or list(CONFIGS):
+        store["rows"][name] = run(name, args, train, test)
+        print(name, store["rows"][name]["f1_per_round"], flush=True)
+        STORE.write_text(json.dumps(store, indent=2), encoding="utf-8")
+        write_table(store)
+    STORE.write_text(json.dumps(store, indent=2), encoding="utf-8")
+    write_table(store)
+
+
+if __name__ == "__main__":
+    main()

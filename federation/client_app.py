@@ -1,0 +1,147 @@
+"""The hospital's Flower ClientApp: train the travelling part locally, evaluate, promote.
+
+Per-node values come from the SuperNode's `--node-config` (see `daemon_config.NODE_KEYS`);
+the run config converts once (`config.from_run_config`). What leaves the node is only the
+(compressed) parameter tensors of the travelling part and scalar metrics.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from flwr.app.message_type import MessageType
+from flwr.client import ClientApp, NumPyClient
+from flwr.client.mod import fixedclipping_mod, secaggplus_mod
+from flwr.common import Context, Message
+from flwr.common.secure_aggregation.secaggplus_constants import RECORD_KEY_CONFIGS
+
+from appliance.readers import read_notes
+from federation.audit import audit_mod
+from federation.config import FederationConfig, from_run_config
+from federation.journal import RoundJournal
+from federation.promotion import promote_if_not_worse
+from federation.task import HospitalNode
+
+log = logging.getLogger(__name__)
+_NODES: dict[str, HospitalNode] = {}  # one per (node config, run config) for the process
+
+
+def hospital_node(cfg: FederationConfig, node_config: dict[str, Any]) -> HospitalNode:
+    key = json.dumps([sorted(node_config.items()), repr(cfg)], default=str)
+    if key not in _NODES:
+        notes = read_notes(str(node_config["notes"])).notes
+        heldout_path = node_config.get("heldout")
+        heldout = read_notes(str(heldout_path)).notes if heldout_path else []
+        state = Path(str(node_config.get("state-dir", Path(tempfile.gettempdir()) / "node")))
+        name = str(node_config.get("hospital", "hospital"))
+        _NODES[key] = HospitalNode.load(cfg, notes, state, name, heldout)
+    return _NODES[key]
+
+
+class HospitalClient(NumPyClient):
+    def __init__(self, node: HospitalNode, node_config: dict[str, Any]) -> None:
+        self.node, self.node_config = node, node_config
+        journal = node_config.get("journal")
+        self.journal = RoundJournal(str(journal)) if journal else None
+
+    def _record(self, event: str, **fields: Any) -> None:
+        if self.journal is not None:
+            self.journal.record(event, node=self.node.name, **fields)
+
+    def get_parameters(self, config: dict[str, Any]) -> list[np.ndarray]:
+        arrays = self.node.initial_arrays()
+        return [arrays[n] for n in self.node.names]
+
+    def fit(self, parameters: list[np.ndarray], config: dict[str, Any]):  # type: ignore[override]
+        server_round = int(config.get("server-round", 0))
+        self._record("round_started", server_round=server_round)
+        arrays = dict(zip(self.node.names, parameters, strict=True))
+        update = self.node.train_round(
+            arrays,
+            server_round,
+            {"proximal_mu": config.get("proximal-mu", self.node.cfg.proximal_mu)},
+        )
+        metrics = {k: v for k, v in update.metrics.items() if k != "reason"}
+        if update.declined:
+            self._record(
+                "round_declined",
+                server_round=server_round,
+                reason=update.declined[:200],
+                **_eps(metrics),
+            )
+            # Same shapes as the global weights (SecAgg+ needs them), zero weight.
+            return parameters, 0, {**metrics, "declined": update.declined[:200]}
+        self._record(
+            "round_completed",
+            server_round=server_round,
+            num_examples=update.num_examples,
+            **{k: v for k, v in metrics.items() if k in _JOURNALED},
+        )
+        names = list(update.payload)
+        if self.node.cfg.compression == "none":
+            names = list(self.node.names)
+        metrics["payload-names"] = json.dumps(names)
+        return [update.payload[n] for n in names], update.num_examples, metrics
+
+    def evaluate(self, parameters: list[np.ndarray], config: dict[str, Any]):  # type: ignore[override]
+        arrays = dict(zip(self.node.names, parameters, strict=True))
+        count, metrics = self.node.evaluate(arrays)
+        registry = self.node_config.get("registry")
+        if registry and count:
+            self._promote(arrays, Path(str(registry)), int(config.get("server-round", 0)))
+        return 1.0 - metrics.get("f1", 0.0), count, metrics
+
+    def _promote(self, arrays: dict[str, np.ndarray], registry: Path, server_round: int) -> None:
+        tolerance = float(self.node_config.get("tolerance", 0.01))
+        with tempfile.TemporaryDirectory(dir=self.node.state_dir) as tmp:
+            candidate = self.node.write_package(arrays, Path(tmp) / "package")
+            promote_if_not_worse(
+                registry,
+                candidate,
+                self.node.heldout,
+                tolerance,
+                self.node.state_dir,
+                label=f"round-{server_round}",
+                journal=self.journal,
+                server_round=server_round,
+            )
+
+
+_JOURNALED = ("loss", "bytes_sent", "bytes_received", "eps_spent", "eps_remaining")
+
+
+def _eps(metrics: dict[str, Any]) -> dict[str, Any]:
+    return {k: metrics[k] for k in ("eps_spent", "eps_remaining") if k in metrics}
+
+
+def client_fn(context: Context):  # type: ignore[no-untyped-def]
+    cfg = from_run_config(context.run_config)
+    node_config = dict(context.node_config)
+    return HospitalClient(hospital_node(cfg, node_config), node_config).to_client()
+
+
+def optional_secaggplus(msg: Message, ctxt: Context, call_next):  # type: ignore[no-untyped-def]
+    """SecAgg+ when the server runs its workflow (train messages carry its configs)."""
+    if msg.metadata.message_type == MessageType.TRAIN and (
+        RECORD_KEY_CONFIGS in msg.content.config_records
+    ):
+        return secaggplus_mod(msg, ctxt, call_next)
+    return call_next(msg, ctxt)
+
+
+def optional_client_clipping(msg: Message, ctxt: Context, call_next):  # type: ignore[no-untyped-def]
+    """Flower's client-side fixed clipping when the run asks for client-level DP."""
+    if str(ctxt.run_config.get("client-dp", "none")) == "client-fixed":
+        return fixedclipping_mod(msg, ctxt, call_next)
+    return call_next(msg, ctxt)
+
+
+# Outermost first: the audit sees what leaves, after SecAgg+ masking and DP clipping.
+app = ClientApp(
+    client_fn=client_fn, mods=[audit_mod, optional_secaggplus, optional_client_clipping]
+)

@@ -1,0 +1,298 @@
+"""Run a consortium on Flower's deployment engine: certificates, SuperLink, SuperNodes, runs.
+
+`make_certificates` writes a consortium CA, the SuperLink's TLS certificate and one SuperNode
+authentication key per hospital (private files 0600). `Consortium` starts `flower-superlink`
+(TLS, SuperNode authentication on), registers each hospital's public key, starts one
+`flower-supernode` per hospital as separate processes, and submits `flwr run`.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import ipaddress
+import json
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
+
+from federation.config import FederationConfig, to_run_config
+from federation.daemon_config import toml_value
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _write_private(path: Path, data: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "wb") as handle:
+        handle.write(data)
+
+
+def _cert(
+    subject: str,
+    key: ec.EllipticCurvePrivateKey,
+    issuer: x509.Name,
+    issuer_key: ec.EllipticCurvePrivateKey,
+    ca: bool,
+    hosts: list[str],
+) -> x509.Certificate:
+    now = dt.datetime.now(dt.UTC)
+    builder = (
+        x509.CertificateBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, subject)]))
+        .issuer_name(issuer)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - dt.timedelta(minutes=5))
+        .not_valid_after(now + dt.timedelta(days=825))
+        .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True)
+    )
+    if hosts:
+        names: list[x509.GeneralName] = []
+        for host in hosts:
+            try:
+                names.append(x509.IPAddress(ipaddress.ip_address(host)))
+            except ValueError:
+                names.append(x509.DNSName(host))
+        builder = builder.add_extension(x509.SubjectAlternativeName(names), critical=False)
+    return builder.sign(issuer_key, hashes.SHA256())
+
+
+def make_certificates(
+    folder: Path, hospitals: list[str], hosts: tuple[str, ...] = ("127.0.0.1", "localhost")
+) -> dict[str, Path]:
+    """CA + SuperLink TLS certificate for `hosts`, and an EC P-384 auth key per hospital."""
+    folder.mkdir(parents=True, exist_ok=True)
+    ca_key = ec.generate_private_key(ec.SECP384R1())
+    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "appliance consortium CA")])
+    ca = _cert("appliance consortium CA", ca_key, ca_name, ca_key, True, [])
+    server_key = ec.generate_private_key(ec.SECP384R1())
+    server = _cert("superlink", server_key, ca_name, ca_key, False, list(hosts))
+    pem = serialization.Encoding.PEM
+    (folder / "ca.pem").write_bytes(ca.public_bytes(pem))
+    (folder / "superlink.pem").write_bytes(server.public_bytes(pem))
+    _write_private(
+        folder / "ca.key",
+        ca_key.private_bytes(pem, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()),
+    )
+    _write_private(
+        folder / "superlink.key",
+        server_key.private_bytes(
+            pem, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+        ),
+    )
+    paths = {
+        "ca": folder / "ca.pem",
+        "cert": folder / "superlink.pem",
+        "key": folder / "superlink.key",
+    }
+    for name in hospitals:
+        key = ec.generate_private_key(ec.SECP384R1())
+        _write_private(
+            folder / f"{name}.key",
+            key.private_bytes(
+                pem, serialization.PrivateFormat.OpenSSH, serialization.NoEncryption()
+            ),
+        )
+        (folder / f"{name}.pub").write_bytes(
+            key.public_key().public_bytes(
+                serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH
+            )
+        )
+        paths[f"{name}.key"], paths[f"{name}.pub"] = folder / f"{name}.key", folder / f"{name}.pub"
+    return paths
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _bin(name: str) -> str:
+    local = Path(sys.executable).with_name(name)
+    return str(local) if local.exists() else shutil.which(name) or name
+
+
+@dataclass(frozen=True)
+class RunResult:
+    ok: bool
+    stdout: str
+    stderr: str
+    status: str = ""
+
+    @property
+    def tail(self) -> str:
+        return f"status {self.status}: " + (self.stdout + self.stderr)[-3000:]
+
+
+@dataclass
+class Consortium:
+    """A SuperLink and SuperNodes on this machine (the localhost deployment and its test)."""
+
+    workdir: Path
+    certs: dict[str, Path]
+    port: int = field(default_factory=free_port)
+    processes: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
+
+    @property
+    def env(self) -> dict[str, str]:
+        env = dict(os.environ)
+        env["FLWR_HOME"] = str(self.workdir / "flwr-home")
+        env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
+        env.setdefault("APPLIANCE_STATE_DIR", str(self.workdir / "server-state"))
+        return env
+
+    def _spawn(self, name: str, command: list[str]) -> subprocess.Popen[bytes]:
+        log = (self.workdir / f"{name}.log").open("ab")
+        proc = subprocess.Popen(
+            command,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env=self.env,
+            cwd=self.workdir,
+            start_new_session=True,
+        )
+        self.processes[name] = proc
+        return proc
+
+    def start_superlink(self) -> None:
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        self._write_connection()
+        self._spawn(
+            "superlink",
+            [
+                _bin("flower-superlink"),
+                "--ssl-ca-certfile",
+                str(self.certs["ca"]),
+                "--ssl-certfile",
+                str(self.certs["cert"]),
+                "--ssl-keyfile",
+                str(self.certs["key"]),
+                "--enable-supernode-auth",
+                "--disable-runtime-dependency-installation",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(self.port),
+                "--database",
+                str(self.workdir / "superlink.db"),
+            ],
+        )
+        self._wait_for_port()
+
+    def _write_connection(self) -> None:
+        home = self.workdir / "flwr-home"
+        home.mkdir(parents=True, exist_ok=True)
+        (home / "config.toml").write_text(
+            '[superlink]\ndefault = "consortium"\n\n[superlink.consortium]\n'
+            f'address = "127.0.0.1:{self.port}"\nroot-certificates = "{self.certs["ca"]}"\n',
+            encoding="utf-8",
+        )
+
+    def _wait_for_port(self, timeout: float = 60.0) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.processes["superlink"].poll() is not None:
+                raise RuntimeError(f"flower-superlink exited; see {self.workdir}/superlink.log")
+            with socket.socket() as sock:
+                if sock.connect_ex(("127.0.0.1", self.port)) == 0:
+                    return
+            time.sleep(0.3)
+        raise TimeoutError(f"SuperLink did not open port {self.port} in {timeout:.0f} s")
+
+    def flwr(self, *args: str, timeout: float = 120.0) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [_bin("flwr"), *args],
+            env=self.env,
+            cwd=ROOT,
+            text=True,
+            capture_output=True,
+            timeout=timeout,
+            check=False,
+        )
+
+    def register(self, hospital: str) -> None:
+        done = self.flwr(
+            "supernode",
+            "register",
+            str(self.certs[f"{hospital}.pub"]),
+            "consortium",
+            "--name",
+            hospital,
+        )
+        if done.returncode != 0:
+            raise RuntimeError(
+                f"registering {hospital} failed: {done.stdout[-400:]}{done.stderr[-400:]}"
+            )
+
+    def start_supernode(self, hospital: str, node_config: dict[str, Any]) -> None:
+        values = " ".join(f"{k}={toml_value(v)}" for k, v in node_config.items())
+        self._spawn(
+            hospital,
+            [
+                _bin("flower-supernode"),
+                "--superlink",
+                f"127.0.0.1:{self.port}",
+                "--root-certificates",
+                str(self.certs["ca"]),
+                "--auth-supernode-private-key",
+                str(self.certs[f"{hospital}.key"]),
+                "--node-config",
+                values,
+                "--port",
+                str(free_port()),
+            ],
+        )
+
+    def run(self, cfg: FederationConfig, timeout: float = 600.0) -> RunResult:
+        """Submit the app with `cfg` as run config, stream it until it ends, report its status."""
+        overrides = " ".join(f"{k}={toml_value(v)}" for k, v in to_run_config(cfg).items())
+        done = self.flwr(
+            "run", str(ROOT), "consortium", "--run-config", overrides, "--stream", timeout=timeout
+        )
+        # `flwr run --stream` exits 0 even when the ServerApp failed: ask the SuperLink.
+        match = re.search(r"run_id `(\d+)`", done.stdout + done.stderr)
+        status = self.run_status(match.group(1)) if match else "unknown (no run id)"
+        return RunResult(status == "finished:completed", done.stdout, done.stderr, status)
+
+    def run_status(self, run_id: str, timeout: float = 120.0) -> str:
+        """The SuperLink's status of a run once it has finished (e.g. finished:completed)."""
+        deadline, status = time.monotonic() + timeout, "unknown"
+        while time.monotonic() < deadline:
+            listed = self.flwr("ls", "consortium", "--run-id", run_id, "--format", "json")
+            try:
+                runs = json.loads(listed.stdout).get("runs", [])
+                status = str(runs[0]["status"]) if runs else status
+            except (ValueError, KeyError, IndexError, AttributeError):
+                status = "unreadable"
+            if status.startswith("finished"):
+                return status
+            time.sleep(2)
+        return status
+
+    def stop(self, name: str | None = None) -> None:
+        names = [name] if name else list(reversed(self.processes))
+        for key in names:
+            proc = self.processes.pop(key, None)
+            if proc is None or proc.poll() is not None:
+                continue
+            os.killpg(proc.pid, signal.SIGTERM)
+            try:
+                proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()

@@ -1,0 +1,83 @@
+"""The consortium's Flower ServerApp: rounds of FedAvg/FedProx, plain or under SecAgg+."""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+
+import numpy as np
+import torch
+from flwr.common import Context
+from flwr.server import Grid, LegacyContext, ServerApp, ServerConfig
+from flwr.server.strategy import DifferentialPrivacyClientSideFixedClipping, Strategy
+from flwr.server.workflow import DefaultWorkflow, SecAggPlusWorkflow
+
+from appliance.config import ModelConfig, TrainConfig
+from appliance.layers import LayerSelection
+from appliance.model import load_model
+from appliance.training import Trainer, seed_everything
+from federation import modes
+from federation.config import FederationConfig, from_run_config
+from federation.strategy import ConsortiumStrategy
+
+log = logging.getLogger(__name__)
+
+
+def initial_global(
+    cfg: FederationConfig, state_dir: Path
+) -> tuple[list[str], dict[str, np.ndarray]]:
+    """The starting weights of the travelling part: the same seeded init every node makes."""
+    loaded = load_model(
+        ModelConfig(base=cfg.base, attention=cfg.attention), cfg.labels, state_dir, cfg.spec
+    )
+    selection = LayerSelection.parse(cfg.spec, loaded.num_layers)
+    train_cfg = TrainConfig(layers=cfg.spec, labels=cfg.labels, seed=cfg.seed)
+    trainer = Trainer(loaded, selection, train_cfg, progress=False, fresh_head=False)
+    trainer._init_head(seed_everything(cfg.seed))
+    torch.manual_seed(cfg.seed)
+    modes.prepare(loaded.model, cfg, selection)
+    names = modes.travelling_names(loaded.model)
+    return names, modes.get_arrays(loaded.model, names)
+
+
+def build_strategy(
+    cfg: FederationConfig, names: list[str], initial: dict[str, np.ndarray]
+) -> tuple[ConsortiumStrategy, Strategy]:
+    """Our strategy, wrapped in Flower's client-side fixed-clipping DP when asked."""
+    inner = ConsortiumStrategy(cfg, names, initial)
+    if cfg.client_dp == "client-fixed":
+        sampled = max(cfg.min_nodes, 1)
+        return inner, DifferentialPrivacyClientSideFixedClipping(
+            inner,
+            noise_multiplier=cfg.client_dp_noise,
+            clipping_norm=cfg.client_dp_clip,
+            num_sampled_clients=sampled,
+        )
+    return inner, inner
+
+
+app = ServerApp()
+
+
+@app.main()
+def main(grid: Grid, context: Context) -> None:
+    cfg = from_run_config(context.run_config)
+    state_dir = Path(os.environ.get("APPLIANCE_STATE_DIR", Path.home() / ".cache" / "appliance"))
+    names, initial = initial_global(cfg, state_dir)
+    _, strategy = build_strategy(cfg, names, initial)
+    fit_workflow = None
+    if cfg.secagg:
+        fit_workflow = SecAggPlusWorkflow(
+            num_shares=cfg.secagg_shares,
+            reconstruction_threshold=cfg.secagg_threshold,
+            clipping_range=cfg.secagg_clip,
+        )
+    legacy = LegacyContext(
+        context=context,
+        config=ServerConfig(num_rounds=cfg.rounds, round_timeout=cfg.round_timeout_s),
+        strategy=strategy,
+    )
+    log.info("consortium run: %s mode, %s, %d rounds", cfg.mode, cfg.strategy, cfg.rounds)
+    workflow = DefaultWorkflow(fit_workflow=fit_workflow) if fit_workflow else DefaultWorkflow()
+    workflow(grid, legacy)
