@@ -35,6 +35,11 @@ def register(sub: argparse._SubParsersAction, parsers: dict[str, argparse.Argume
     promote.add_argument("--candidate", required=True, type=Path, help="a model package dir")
     promote.add_argument("--tolerance", type=float, help="override the config's tolerance")
     promote.set_defaults(handler=manual_promote)
+    certs = actions.add_parser("certs", help="consortium CA, SuperLink TLS cert, SuperNode keys")
+    certs.add_argument("--out", required=True, type=Path, help="folder to create (files 0600)")
+    certs.add_argument("--hospitals", required=True, nargs="+", help="one auth key per name")
+    certs.add_argument("--host", action="append", help="SuperLink DNS name or IP (repeatable)")
+    certs.set_defaults(handler=make_certs)
 
 
 def _config(args: argparse.Namespace) -> DaemonConfig:
@@ -121,3 +126,12 @@ def manual_promote(args: argparse.Namespace) -> dict[str, Any]:
         "candidate_f1": decision.candidate_f1,
         "current_f1": decision.current_f1,
     }
+
+
+def make_certs(args: argparse.Namespace) -> dict[str, str]:
+    from federation.deploy import make_certificates
+
+    if args.out.exists() and any(args.out.iterdir()):
+        raise CommandError(f"{args.out}: exists and is not empty; refusing to overwrite keys")
+    hosts = tuple(args.host or ("127.0.0.1", "localhost"))
+    return {k: str(v) for k, v in make_certificates(args.out, args.hospitals, hosts).items()}

@@ -59,3 +59,14 @@ def test_bad_config_and_bad_candidate_are_clear_errors(
     (broken / "package.json").write_text("{")
     assert main(["federate", "promote", "--config", str(config), "--candidate", str(broken)]) == 4
     assert "not promoted, does not load" in capsys.readouterr().err
+
+
+def test_certs_are_written_private_and_never_overwritten(tmp_path: Path, capsys):
+    out = tmp_path / "certs"
+    assert main(["federate", "certs", "--out", str(out), "--hospitals", "a", "b"]) == 0
+    paths = json.loads(capsys.readouterr().out)
+    assert {"ca", "cert", "key", "a.key", "a.pub", "b.key", "b.pub"} <= set(paths)
+    assert (out / "a.key").stat().st_mode & 0o077 == 0
+    assert (out / "a.pub").read_text().startswith("ecdsa-sha2-nistp384 ")
+    assert main(["federate", "certs", "--out", str(out), "--hospitals", "a"]) == 2
+    assert "refusing to overwrite" in capsys.readouterr().err
