@@ -68,9 +68,24 @@ def other_tiny_llama(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return make_tiny_llama(tmp_path_factory.mktemp("other-llama"), seed=1)
 
 
+def tiny_train_config(spec: str, epochs: int, cache_dir: Path):  # type: ignore[no-untyped-def]
+    """What the tiny model learns the synthetic corpus with, in seconds."""
+    from appliance.config import TrainConfig
+
+    return TrainConfig(
+        layers=spec,
+        epochs=epochs,
+        batch_size=8,
+        learning_rate=3e-3,
+        head_learning_rate=1e-2,
+        patience=epochs,
+        cache_dir=str(cache_dir),
+    )
+
+
 def train_tiny_package(base: Path, root: Path, spec: str = "top:2", epochs: int = 3) -> Path:
     """Train `spec` of the tiny Llama on the synthetic corpus and save a model package."""
-    from appliance.config import ModelConfig, TrainConfig
+    from appliance.config import ModelConfig
     from appliance.layers import LayerSelection
     from appliance.model import load_model
     from appliance.package import save_package
@@ -81,15 +96,7 @@ def train_tiny_package(base: Path, root: Path, spec: str = "top:2", epochs: int 
     root.mkdir(parents=True, exist_ok=True)
     train = read_jsonl(write_jsonl(root / "train.jsonl", 160, seed=1)).notes
     dev = read_jsonl(write_jsonl(root / "dev.jsonl", 40, seed=2)).notes
-    cfg = TrainConfig(
-        layers=spec,
-        epochs=epochs,
-        batch_size=8,
-        learning_rate=3e-3,
-        head_learning_rate=1e-2,
-        patience=epochs,
-        cache_dir=str(root / "act"),
-    )
+    cfg = tiny_train_config(spec, epochs, root / "act")
 
     loaded = load_model(ModelConfig(base=str(base)), ("Chemical", "Disease"), root, spec)
     selection = LayerSelection.parse(spec, loaded.num_layers)

@@ -17,6 +17,7 @@ from appliance.package import PackageError, load_packaged_model, read_package, s
 from appliance.readers import read_jsonl
 from appliance.training import Trainer
 from tests.appliance.corpus import write_jsonl
+from tests.conftest import tiny_train_config
 
 LABELS = ("Chemical", "Disease")
 
@@ -31,15 +32,7 @@ def corpus(tmp_path_factory: pytest.TempPathFactory) -> dict[str, list]:
 
 
 def _train(tiny_llama: Path, tmp_path: Path, corpus: dict, spec: str = "top:2", epochs: int = 4):
-    cfg = TrainConfig(
-        layers=spec,
-        epochs=epochs,
-        batch_size=8,
-        learning_rate=3e-3,
-        head_learning_rate=1e-2,
-        patience=epochs,
-        cache_dir=str(tmp_path / "act"),
-    )
+    cfg = tiny_train_config(spec, epochs, tmp_path / "act")
     loaded = load_model(ModelConfig(base=str(tiny_llama)), LABELS, tmp_path, spec)
     selection = LayerSelection.parse(spec, loaded.num_layers)
     result = Trainer(loaded, selection, cfg, progress=False).fit(corpus["train"], corpus["dev"])
