@@ -33,9 +33,15 @@ def summarize(reply: Message) -> dict[str, Any]:
     return {
         "message_type": reply.metadata.message_type,
         "arrays": {
-            name: {k: [a.dtype, list(a.shape)] for k, a in record.items()}
+            name: {k: _describe(a) for k, a in record.items()}
             for name, record in content.array_records.items()
         },
         "metrics": {name: dict(record) for name, record in content.metric_records.items()},
         "configs": {name: dict(record) for name, record in content.config_records.items()},
     }
+
+
+def _describe(array: Any) -> list[Any]:
+    """dtype and shape; legacy (NumPyClient) arrays carry np.save bytes, so decode those."""
+    decoded = array.numpy()
+    return [str(decoded.dtype), list(decoded.shape)]

@@ -19,16 +19,41 @@ def split(tmp_path_factory: pytest.TempPathFactory):
 
 
 @pytest.mark.parametrize(
-    ("mode", "compression"),
-    [("layers", "none"), ("lora", "int8"), ("full", "fp16"), ("layers", "topk")],
+    ("mode", "compression", "strategy"),
+    [
+        ("layers", "none", "fedavg"),
+        ("lora", "int8", "fedavg"),
+        ("full", "fp16", "fedavg"),
+        ("layers", "topk", "fedavg"),
+        ("layers", "none", "fedprox"),
+    ],
 )
-def test_hospitals_improve(tiny_llama: Path, tmp_path: Path, split, mode: str, compression: str):
+def test_hospitals_improve(
+    tiny_llama: Path, tmp_path: Path, split, mode: str, compression: str, strategy: str
+):
     parts, test = split
-    extra = {"topk_fraction": 0.2} if compression == "topk" else {}
-    cfg = tiny_config(tiny_llama, mode=mode, compression=compression, **extra)
+    extra: dict[str, object] = {"topk_fraction": 0.2} if compression == "topk" else {}
+    if strategy == "fedprox":
+        extra["proximal_mu"] = 0.1
+    cfg = tiny_config(tiny_llama, mode=mode, compression=compression, strategy=strategy, **extra)
     result = simulate(cfg, parts, test, tmp_path)
     f1 = [r.test_f1 for r in result.rounds]
     assert f1[-1] > result.initial_f1 + 0.3, (result.initial_f1, f1)
     first = result.rounds[0]
     assert not first.rejected and not first.declined
     assert all(b > 0 for b in first.bytes_up.values())
+
+
+def test_fedprox_keeps_local_weights_closer_to_the_global_ones(tiny_llama: Path, tmp_path: Path):
+    from federation.task import HospitalNode
+    from tests.federation.helpers import corpus
+
+    notes = corpus(tmp_path / "c", 60, seed=1)
+    drift = {}
+    for mu in (0.0, 50.0):
+        cfg = tiny_config(tiny_llama, strategy="fedprox", proximal_mu=mu, local_epochs=2)
+        node = HospitalNode.load(cfg, notes, tmp_path / f"n{mu}", "h")
+        start = node.initial_arrays()
+        update = node.train_round(start, 1)
+        drift[mu] = sum(float(((update.payload[k] - start[k]) ** 2).sum()) for k in start)
+    assert drift[50.0] < 0.5 * drift[0.0], drift
