@@ -18,7 +18,8 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from appliance.encoding import EncodedWindow, collate_ids
+from appliance.collate import collate_ids
+from appliance.encoding import EncodedWindow, length_batches
 from appliance.forward import prefix_states, unmask_from
 from appliance.model import LoadedModel
 
@@ -45,12 +46,6 @@ def cache_key(loaded: LoadedModel, first_layer: int, windows: Sequence[EncodedWi
         "data": data_fingerprint(windows),
     }
     return hashlib.sha256(json.dumps(frozen, sort_keys=True).encode()).hexdigest()[:32]
-
-
-def length_batches(lengths: Sequence[int], batch_size: int) -> list[list[int]]:
-    """Index batches of similar length (less padding), in a fixed order."""
-    order = sorted(range(len(lengths)), key=lambda i: lengths[i])
-    return [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
 
 
 def compute_states(

@@ -10,11 +10,9 @@ from collections.abc import Callable, Sequence
 from importlib.metadata import entry_points
 from pathlib import Path
 
-from appliance import commands
 from appliance.config import ATTENTION_MODES, QUANTIZATIONS
-from appliance.model import ModelLoadError
+from appliance.errors import ModelLoadError, PackageError
 from appliance.notes import NotesError
-from appliance.package import PackageError
 
 EXIT_OK, EXIT_USAGE, EXIT_INPUT, EXIT_MODEL, EXIT_INTERNAL = 0, 2, 3, 4, 1
 
@@ -117,13 +115,15 @@ def _register_plugins(
         point.load()(sub, parsers)
 
 
-HANDLERS: dict[str, Callable[[argparse.Namespace], object]] = {
-    "train": commands.train,
-    "evaluate": commands.evaluate,
-    "annotate": commands.annotate,
-    "info": commands.info,
-    "demo": commands.demo,
-}
+def _handler(args: argparse.Namespace) -> Callable[[argparse.Namespace], object]:
+    """The command's function. The core's are imported only now: torch and transformers take
+    seconds and hundreds of MB, which `serve` with a torch-free backend never needs."""
+    plugin = getattr(args, "handler", None)
+    if plugin is not None:
+        return plugin  # type: ignore[no-any-return]
+    from appliance import commands
+
+    return getattr(commands, args.command)  # type: ignore[no-any-return]
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -133,8 +133,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
     try:
-        handler = getattr(args, "handler", None) or HANDLERS[args.command]
-        result = handler(args)
+        result = _handler(args)(args)
     except CommandError as err:
         return _fail(err.exit_code, str(err))
     except NotesError as err:

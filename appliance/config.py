@@ -10,6 +10,7 @@ from typing import Any
 
 ATTENTION_MODES = ("bidirectional", "causal", "bidirectional-trained")
 QUANTIZATIONS = ("none", "nf4")
+DEVICES = ("cpu", "cuda")
 DEFAULT_LABELS = ("Chemical", "Disease")
 
 
@@ -31,6 +32,9 @@ class ModelConfig:
     quantization: str = field(
         default="none", metadata={"help": "'none' (fp32) or 'nf4' (bitsandbytes 4-bit)"}
     )
+    device: str = field(
+        default="cpu", metadata={"help": "'cpu' or 'cuda' (where the weights are placed)"}
+    )
 
     def __post_init__(self) -> None:
         if self.attention not in ATTENTION_MODES:
@@ -41,6 +45,8 @@ class ModelConfig:
             )
         if not self.base:
             raise ValueError("base must be 'embedded' or a path to a model")
+        if self.device not in DEVICES:
+            raise ValueError(f"device must be one of {DEVICES}, got {self.device!r}")
 
 
 @dataclass

@@ -7,9 +7,11 @@ type), so every predicted span is well formed in strict IOB2.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import numpy as np
 
+from appliance.encoding import EncodedWindow
 from appliance.notes import EntitySpan, WordSpan
 
 
@@ -70,3 +72,35 @@ def spans_from_tags(
         current, label = ([j], kind) if prefix in ("B", "I") else ([], "")
     close()
     return spans
+
+
+@dataclass(frozen=True)
+class NotePrediction:
+    """Predicted word tags and entity spans of one note (words in text order)."""
+
+    words: tuple[WordSpan, ...]
+    tags: tuple[str, ...]
+    spans: tuple[EntitySpan, ...]
+
+
+def assemble(
+    note_count: int,
+    windows: Sequence[EncodedWindow],
+    log_probs: Sequence[np.ndarray],
+    tags: Sequence[str],
+) -> list[NotePrediction]:
+    """Join each note's window cores in order and decode its tags and spans."""
+    words: list[list[WordSpan]] = [[] for _ in range(note_count)]
+    rows: list[list[np.ndarray]] = [[] for _ in range(note_count)]
+    for w, lp in zip(windows, log_probs, strict=True):
+        words[w.note_index].extend(w.window.words[j] for j in w.core_words)
+        rows[w.note_index].append(lp)
+    predictions = []
+    for index in range(note_count):
+        matrix = np.concatenate(rows[index]) if rows[index] else np.zeros((0, len(tags)))
+        path = viterbi(matrix, tags)
+        word_tags = tuple(tags[k] for k in path)
+        scores = [float(np.exp(matrix[n, k])) for n, k in enumerate(path)]
+        spans = spans_from_tags(words[index], word_tags, scores)
+        predictions.append(NotePrediction(tuple(words[index]), word_tags, tuple(spans)))
+    return predictions

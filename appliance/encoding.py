@@ -6,7 +6,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 
-import torch
+import numpy as np
 from transformers import PreTrainedTokenizerBase
 
 from appliance.notes import EntitySpan, Note, WordSpan
@@ -103,26 +103,23 @@ def encode_notes(
     return encoded
 
 
-def collate_ids(
+def pad_windows(
     windows: Sequence[EncodedWindow], pad_id: int
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Right-padded (input_ids, attention_mask, labels), each (B, T)."""
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Right-padded int64 (input_ids, attention_mask, labels), each (B, T)."""
     length = max(len(w) for w in windows)
-    ids = torch.full((len(windows), length), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(windows), length), dtype=torch.long)
-    labels = torch.full((len(windows), length), IGNORE, dtype=torch.long)
+    ids = np.full((len(windows), length), pad_id, dtype=np.int64)
+    mask = np.zeros((len(windows), length), dtype=np.int64)
+    labels = np.full((len(windows), length), IGNORE, dtype=np.int64)
     for row, w in enumerate(windows):
         n = len(w)
-        ids[row, :n] = torch.tensor(w.input_ids)
+        ids[row, :n] = w.input_ids
         mask[row, :n] = 1
-        labels[row, :n] = torch.tensor(w.labels)
+        labels[row, :n] = w.labels
     return ids, mask, labels
 
 
-def collate_states(states: Sequence[torch.Tensor]) -> torch.Tensor:
-    """Right-pad cached hidden states (T_i, C) into (B, T, C) with zeros (masked anyway)."""
-    length = max(s.shape[0] for s in states)
-    out = torch.zeros((len(states), length, states[0].shape[1]), dtype=states[0].dtype)
-    for row, s in enumerate(states):
-        out[row, : s.shape[0]] = s
-    return out
+def length_batches(lengths: Sequence[int], batch_size: int) -> list[list[int]]:
+    """Index batches of similar length (less padding), in a fixed order."""
+    order = sorted(range(len(lengths)), key=lambda i: lengths[i])
+    return [order[i : i + batch_size] for i in range(0, len(order), batch_size)]

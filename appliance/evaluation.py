@@ -8,8 +8,8 @@ from dataclasses import dataclass
 from seqeval.metrics import classification_report
 from seqeval.scheme import IOB2
 
+from appliance.decoding import NotePrediction
 from appliance.encoding import word_tags
-from appliance.inference import NotePrediction
 from appliance.notes import EntitySpan, Note
 
 

@@ -3,26 +3,16 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
 
 import numpy as np
 import torch
 
-from appliance.cache import length_batches
-from appliance.decoding import spans_from_tags, viterbi
-from appliance.encoding import EncodedWindow, collate_ids, collate_states, encode_notes
+from appliance.collate import collate_ids, collate_states
+from appliance.decoding import NotePrediction, assemble
+from appliance.encoding import EncodedWindow, encode_notes, length_batches
 from appliance.forward import full_logits, logits_from
 from appliance.model import LoadedModel
-from appliance.notes import EntitySpan, Note, WordSpan
-
-
-@dataclass(frozen=True)
-class NotePrediction:
-    """Predicted word tags and entity spans of one note (words in text order)."""
-
-    words: tuple[WordSpan, ...]
-    tags: tuple[str, ...]
-    spans: tuple[EntitySpan, ...]
+from appliance.notes import EntitySpan, Note
 
 
 @torch.no_grad()
@@ -39,10 +29,12 @@ def window_log_probs(
     model.eval()
     out: list[np.ndarray] = [np.empty(0)] * len(windows)
     pad_id = int(loaded.tokenizer.pad_token_id)
+    device = model.device
     for batch in length_batches([len(w) for w in windows], batch_size):
         ids, mask, _ = collate_ids([windows[i] for i in batch], pad_id)
+        ids, mask = ids.to(device), mask.to(device)
         if states is not None:
-            hidden = collate_states([states[i] for i in batch])
+            hidden = collate_states([states[i] for i in batch]).to(device)
             logits = logits_from(model, hidden, mask, first_layer)
         else:
             logits = full_logits(model, ids, mask)
@@ -50,32 +42,9 @@ def window_log_probs(
         for row, i in enumerate(batch):
             w = windows[i]
             tokens = [w.word_token[j] for j in w.core_words]
-            out[i] = log_probs[row, tokens].numpy()
+            out[i] = log_probs[row, tokens].cpu().numpy()
     model.train(was_training)
     return out
-
-
-def assemble(
-    note_count: int,
-    windows: Sequence[EncodedWindow],
-    log_probs: Sequence[np.ndarray],
-    tags: Sequence[str],
-) -> list[NotePrediction]:
-    """Join each note's window cores in order and decode its tags and spans."""
-    words: list[list[WordSpan]] = [[] for _ in range(note_count)]
-    rows: list[list[np.ndarray]] = [[] for _ in range(note_count)]
-    for w, lp in zip(windows, log_probs, strict=True):
-        words[w.note_index].extend(w.window.words[j] for j in w.core_words)
-        rows[w.note_index].append(lp)
-    predictions = []
-    for index in range(note_count):
-        matrix = np.concatenate(rows[index]) if rows[index] else np.zeros((0, len(tags)))
-        path = viterbi(matrix, tags)
-        word_tags = tuple(tags[k] for k in path)
-        scores = [float(np.exp(matrix[n, k])) for n, k in enumerate(path)]
-        spans = spans_from_tags(words[index], word_tags, scores)
-        predictions.append(NotePrediction(tuple(words[index]), word_tags, tuple(spans)))
-    return predictions
 
 
 def spans_as_json(text: str, spans: Sequence[EntitySpan]) -> list[dict[str, object]]:

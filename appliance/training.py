@@ -16,17 +16,17 @@ from tqdm import tqdm
 from transformers import get_linear_schedule_with_warmup
 
 from appliance.cache import PrefixCache
+from appliance.collate import collate_ids, collate_states
 from appliance.config import TrainConfig
+from appliance.decoding import assemble
 from appliance.encoding import (
     IGNORE,
     EncodedWindow,
-    collate_ids,
-    collate_states,
     encode_notes,
 )
 from appliance.evaluation import evaluate_predictions
 from appliance.forward import full_logits, logits_from
-from appliance.inference import assemble, window_log_probs
+from appliance.inference import window_log_probs
 from appliance.layers import LayerSelection
 from appliance.model import LoadedModel
 from appliance.notes import Note

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from appliance.encoding import EncodedWindow
-from serving.backends import Backend
+from serving.backends.base import Backend
 from serving.metrics import ServingMetrics
 
 log = logging.getLogger(__name__)

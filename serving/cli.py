@@ -49,12 +49,16 @@ def register(sub: argparse._SubParsersAction, parsers: dict[str, argparse.Argume
 
 def serve_command(args: argparse.Namespace) -> None:
     from appliance.cli import CommandError
+    from serving.backends import TORCH_FREE, keep_torch_out
     from serving.config import load_config
-    from serving.server import create_server
 
     overrides: dict[str, Any] = {k: getattr(args, k) for k in _OVERRIDES}
     overrides["production"] = args.production
     config = load_config(args.config, overrides)
+    if config.backend in TORCH_FREE:
+        keep_torch_out()
+    from serving.server import create_server
+
     server, port = create_server(config)
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):

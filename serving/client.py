@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from types import TracebackType
 
 import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from serving.api import ner_pb2, ner_pb2_grpc
 from serving.tls import channel_credentials
@@ -75,6 +77,21 @@ class NerClient:
     ) -> Iterator[ner_pb2.NoteResult]:
         """Bulk back-fill: one result per request, in order."""
         return iter(self.stub.AnalyzeStream(iter(requests), timeout=timeout))
+
+    def wait_ready(self, timeout: float = 60.0) -> None:
+        """Block until grpc.health.v1 says SERVING (a model is loaded); TimeoutError otherwise."""
+        health = health_pb2_grpc.HealthStub(self.channel)
+        until = time.monotonic() + timeout
+        while True:
+            try:
+                check = health.Check(health_pb2.HealthCheckRequest(), timeout=5)
+                if check.status == health_pb2.HealthCheckResponse.SERVING:
+                    return
+            except grpc.RpcError:
+                pass  # not listening yet
+            if time.monotonic() >= until:
+                raise TimeoutError(f"the server was not SERVING within {timeout:.0f} s")
+            time.sleep(0.2)
 
     def info(self) -> ner_pb2.InfoResponse:
         response: ner_pb2.InfoResponse = self.stub.GetInfo(

@@ -11,11 +11,12 @@ from pathlib import Path
 
 import grpc
 
+from appliance.decoding import assemble
 from appliance.encoding import EncodedWindow, encode_notes
-from appliance.inference import assemble
 from appliance.notes import EntitySpan, Note
 from serving.api import ner_pb2
-from serving.backends import Backend, BackendOptions, load_backend
+from serving.backends import load_backend
+from serving.backends.base import Backend, BackendOptions
 from serving.batching import Batcher, DeadlinePassed, QueueFull
 from serving.config import ServingConfig
 from serving.metrics import ServingMetrics
@@ -119,6 +120,7 @@ class Engine:
     def install(self, model: ServedModel) -> None:
         """Swap in `model` (one reference assignment: requests already running keep theirs)."""
         self.model = model
+        self.metrics.watch_gpu()
         self.metrics.model.info(
             {
                 "version": model.version,

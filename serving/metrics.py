@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Callable
 from wsgiref.simple_server import WSGIServer
 
-import torch
 from prometheus_client import (
     CollectorRegistry,
     Counter,
@@ -26,6 +26,7 @@ class ServingMetrics:
 
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
+        self._gpu: Gauge | None = None
         r = self.registry
         ProcessCollector(registry=r)  # process CPU seconds, resident memory, open fds
         self.requests = Counter(
@@ -66,9 +67,17 @@ class ServingMetrics:
         self.swap_failures = Counter(
             "appliance_ner_model_swap_failures", "versions that failed to load or smoke", registry=r
         )
-        if torch.cuda.is_available():
-            gpu = Gauge("appliance_ner_gpu_memory_bytes", "CUDA memory allocated", registry=r)
-            gpu.set_function(lambda: float(torch.cuda.memory_allocated()))
+        self.watch_gpu()
+
+    def watch_gpu(self) -> None:
+        """Export CUDA memory when a torch backend runs on a GPU (never imports torch itself:
+        a torch-free backend's process has none). Called again once a backend has loaded."""
+        torch = sys.modules.get("torch")
+        if self._gpu is None and torch is not None and torch.cuda.is_available():
+            self._gpu = Gauge(
+                "appliance_ner_gpu_memory_bytes", "CUDA memory allocated", registry=self.registry
+            )
+            self._gpu.set_function(lambda: float(torch.cuda.memory_allocated()))
 
     def value(self, name: str, **labels: str) -> float:
         """The current value of one sample (0 when it has not been recorded yet)."""

@@ -21,13 +21,18 @@ class TorchBackend(Backend):
     name = "torch-fp32"
     quantization = "none"
 
+    @property
+    def device(self) -> str:
+        """Where the weights go: the GPU when one is present."""
+        return "cuda" if torch.cuda.is_available() else "cpu"
+
     def __init__(self, package_path: Path, options: BackendOptions) -> None:
         super().__init__(package_path, options)
         if options.threads:
             torch.set_num_threads(options.threads)
         try:
             self.loaded, self.package = load_packaged_model(
-                package_path, options.state_dir, options.base, self.quantization
+                package_path, options.state_dir, options.base, self.quantization, self.device
             )
         except (ModelLoadError, PackageError) as err:
             raise BackendError(str(err)) from err

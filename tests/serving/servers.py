@@ -21,7 +21,12 @@ from serving.server import NerServer, create_server
 
 
 def config_for(package: Path | None = None, **fields: Any) -> ServingConfig:
-    base = ServingConfig(package=package, registry=fields.pop("registry", None), port=0)
+    base = ServingConfig(
+        package=package,
+        registry=fields.pop("registry", None),
+        port=0,
+        backend=fields.pop("backend", "torch-fp32"),  # the reference; backends have their tests
+    )
     return replace(base, state_dir=fields.pop("state_dir", package or Path(".")), **fields)
 
 

@@ -29,7 +29,11 @@ NOTE = "the patient was given aspirin and developed fever after cisplatin"
 def served(tiny_package: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """`appliance serve` in a subprocess; yields HOST:PORT; SIGTERM must drain and exit 0."""
     toml = tmp_path_factory.mktemp("cfg") / "serving.toml"
-    toml.write_text(f'[serving]\npackage = "{tiny_package}"\nmax_queue_delay_ms = 1.0\n')
+    # torch-fp32, so remote scores can be compared with local `annotate` exactly
+    toml.write_text(
+        f'[serving]\npackage = "{tiny_package}"\nbackend = "torch-fp32"\n'
+        "max_queue_delay_ms = 1.0\n"
+    )
     proc = subprocess.Popen(
         [sys.executable, "-m", "appliance.cli", "serve", "--config", str(toml), "--port", "0",
          "--state-dir", str(tmp_path_factory.mktemp("state"))],

@@ -1,0 +1,151 @@
+"""Which ONNX quantization recipe: accuracy and speed of each variant on the same package, one run.
+
+    .venv/bin/python benchmarks/onnx_recipes.py [--sentences 600] [--state-dir DIR]
+
+Exports the serving benchmark's package to fp32 ONNX once (serving/backends/onnx_export.py), then
+quantizes it several ways and runs each with ONNX Runtime in this process, side by side:
+strict F1 on the first N BC5CDR test sentences (short windows), throughput on windows of ~250
+tokens in batches of 16 (what the server batches for 500-token notes), and the file size.
+Writes benchmarks/results/onnx_recipes.md. This is the evidence behind the `onnx-int4` and
+`onnx-int8` recipes (accuracy_level, which MatMuls stay 4-bit).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shlex
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+from appliance.decoding import assemble  # noqa: E402
+from appliance.encoding import encode_notes, pad_windows, word_tags  # noqa: E402
+from appliance.evaluation import entity_scores  # noqa: E402
+from appliance.notes import Note  # noqa: E402
+from appliance.readers import read_conll  # noqa: E402
+from benchmarks.serving import build_notes, ensure_package, machine  # noqa: E402
+from serving.backends.onnx_export import RECIPES, _export_fp32, _nbits  # noqa: E402
+
+RESULT = ROOT / "benchmarks" / "results" / "onnx_recipes.md"
+
+
+def variants(src: Path) -> dict[str, Callable[[Path], None] | None]:
+    import onnx
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    names = [n.name for n in onnx.load(str(src), load_external_data=False).graph.node]
+    head = [n for n in names if "/score/" in n]
+    down = [n for n in names if "/down_proj/" in n]
+
+    def int4(symmetric: bool, level: int) -> Callable[[Path], None]:
+        recipe = {**RECIPES["onnx-int4"], "symmetric": symmetric, "accuracy_level": level}
+        return lambda dst: _nbits(src, dst, ("MatMul", "Gather"), head, recipe)
+
+    def int8(keep4: list[str]) -> Callable[[Path], None]:
+        def make(dst: Path) -> None:
+            tmp = dst.with_suffix(".tmp.onnx")
+            quantize_dynamic(
+                str(src), str(tmp), weight_type=QuantType.QInt8, per_channel=True,
+                op_types_to_quantize=["MatMul"], nodes_to_exclude=head + keep4,
+                extra_options={"MatMulConstBOnly": True},
+            )  # fmt: skip
+            _nbits(tmp, dst, ("MatMul", "Gather"), head, RECIPES["onnx-int4"])
+
+        return make
+
+    return {
+        "fp32 (no quantization)": None,
+        "int4 asymmetric, accuracy_level 0 (onnx-int4)": int4(False, 0),
+        "int4 asymmetric, accuracy_level 4 (int8 compute)": int4(False, 4),
+        "int4 symmetric, accuracy_level 0": int4(True, 0),
+        "int8 everywhere": int8([]),
+        "int8, down_proj int4 (onnx-int8)": int8(down),
+    }
+
+
+def score(path: Path, sentences: list[Note], long: list[Any], tok: Any) -> dict[str, float]:
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    labels = ["O", "B-Chemical", "I-Chemical", "B-Disease", "I-Disease"]
+
+    def run(windows: list[Any]) -> list[np.ndarray]:
+        out = []
+        for i in range(0, len(windows), 16):
+            batch = windows[i : i + 16]
+            ids, mask, _ = pad_windows(batch, int(tok.pad_token_id))
+            (lp,) = session.run(None, {"input_ids": ids, "attention_mask": mask})
+            out += [lp[r, [w.word_token[j] for j in w.core_words]] for r, w in enumerate(batch)]
+        return out
+
+    windows = encode_notes(tok, sentences, None, 256, 32)
+    predictions = assemble(len(sentences), windows, run(windows), labels)
+    gold = [word_tags(n.words or (), n.entities) for n in sentences]
+    f1 = entity_scores(gold, [list(p.tags) for p in predictions])["overall"].f1
+    run(long[:16])  # warm-up
+    started = time.perf_counter()
+    run(long)
+    speed = sum(len(w) for w in long) / (time.perf_counter() - started)
+    return {"f1": f1, "tokens_per_s": speed, "mb": path.stat().st_size / 1e6}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--sentences", type=int, default=600)
+    parser.add_argument("--state-dir", type=Path, default=Path.home() / ".cache" / "appliance")
+    args = parser.parse_args()
+    package, train_command = ensure_package(args.state_dir)
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        work = Path(tmp)
+        _export_fp32(package, args.state_dir, None, work, RECIPES["onnx-int4"]["opset"])
+        from transformers import PreTrainedTokenizerFast
+
+        tok = PreTrainedTokenizerFast.from_pretrained(str(work / "tokenizer"))
+        sentences = read_conll(ROOT / "data/bc5cdr/test.tsv").notes[: args.sentences]
+        notes = [n for n, _ in build_notes(tok, 8, 500)]
+        long = encode_notes(tok, notes, None, 256, 32)
+        for i, (name, make) in enumerate(variants(work / "model.fp32.onnx").items()):
+            path = work / "model.fp32.onnx" if make is None else work / f"v{i}.onnx"
+            if make is not None:
+                make(path)
+            rows.append((name, score(path, sentences, long, tok)))
+            print(name, rows[-1][1], flush=True)
+    lines = [
+        "# ONNX quantization recipes",
+        "",
+        f"Command: `python {shlex.join(['benchmarks/onnx_recipes.py', *sys.argv[1:]])}`  ",
+        f"Model: `{train_command}`  ",
+        f"Machine: {machine()}  ",
+        f"Date: {time.strftime('%Y-%m-%d')}",
+        "",
+        f"Strict F1 on the first {args.sentences} BC5CDR test sentences; tokens/s on the "
+        f"{len(long)} windows (~250 tokens, batches of 16) of 8 notes of ~500 tokens, one "
+        "ONNX Runtime session per variant, run one after the other in one process. The token "
+        "embedding is 4-bit and the head fp32 in every quantized variant.",
+        "",
+        "| variant | strict F1 | F1 - fp32 (points) | tokens/s | speed vs fp32 | file MB |",
+        "|---|---|---|---|---|---|",
+    ]
+    base = rows[0][1]
+    for name, r in rows:
+        lines.append(
+            f"| {name} | {r['f1']:.4f} | {(r['f1'] - base['f1']) * 100:+.2f} | "
+            f"{r['tokens_per_s']:.0f} | {r['tokens_per_s'] / base['tokens_per_s']:.2f}x | "
+            f"{r['mb']:.0f} |"
+        )
+    RESULT.write_text("\n".join(lines) + "\n", encoding="utf-8")
+
+
+if __name__ == "__main__":
+    main()

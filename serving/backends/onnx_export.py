@@ -1,0 +1,262 @@
+"""Export a model package to ONNX once, with quantized weights, for the ONNX Runtime backends.
+
+The `onnx-int4` and `onnx-int8` backends call `ensure_export`, which runs this module in its own
+process (`python -m serving.backends.onnx_export`) so the serving process never holds the fp32
+torch model. The result is cached in `<state_dir>/exports/<backend>-<key>/`, where the key covers
+the package's weights and metadata, the recipe and the library versions, so a stale export is
+never read. A directory appears whole (written as `.partial-<pid>`, then renamed).
+
+Recipes (measured in benchmarks/results/serving.md). Both keep the classification head in fp32,
+store the token embedding in 4 bits (GatherBlockQuantized, blocks of 32) and run ONNX Runtime's
+graph fusions once offline.
+- `onnx-int4`: every decoder MatMul becomes MatMulNBits, 4-bit asymmetric weights in blocks of 32
+  along K (ONNX Runtime's MatMulNBits quantizer). `accuracy_level` 0 computes in fp32: on the
+  Xeon we measured, level 4 (int8 compute) was about 25% slower for windows of hundreds of tokens.
+- `onnx-int8`: the attention projections and the MLP's gate/up MatMuls become
+  DynamicQuantizeMatMul (int8 per-channel weights, activations quantized per batch), which ONNX
+  Runtime runs on VNNI/AMX int8 instructions; `down_proj` stays weight-only 4-bit (MatMulNBits),
+  because its input carries the outlier activations per-tensor int8 cannot hold (all-int8 cost
+  5.5 F1 points on BC5CDR; see benchmarks/results/onnx_recipes.md).
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from appliance.errors import PackageError
+from serving.backends.base import BackendError
+
+RECIPES: dict[str, dict[str, Any]] = {
+    "onnx-int4": {
+        "format": 1,
+        "opset": 21,
+        "matmul": "int4",
+        "block_size": 32,
+        "symmetric": False,
+        "accuracy_level": 0,
+        "embedding": "int4",
+        "head": "fp32",
+    },
+    "onnx-int8": {
+        "format": 1,
+        "opset": 21,
+        "matmul": "int8-dynamic",
+        "int4_matmuls": ["down_proj"],
+        "block_size": 32,
+        "symmetric": False,
+        "embedding": "int4",
+        "head": "fp32",
+    },
+}
+MODEL_FILE = "model.onnx"
+INFO_FILE = "export.json"
+TOKENIZER_DIR = "tokenizer"
+
+
+def read_meta(package_path: Path) -> dict[str, Any]:
+    """A package's package.json, read without torch."""
+    try:
+        meta: dict[str, Any] = json.loads((package_path / "package.json").read_text("utf-8"))
+    except FileNotFoundError:
+        raise PackageError(f"{package_path}: not a model package (package.json missing)") from None
+    except (OSError, ValueError) as err:
+        raise PackageError(f"{package_path}: unreadable package.json: {err}") from err
+    return meta
+
+
+def export_key(package_path: Path, meta: dict[str, Any], recipe: dict[str, Any]) -> str:
+    """What the export depends on: package bytes, recipe, library versions."""
+    from importlib.metadata import version
+
+    digest = hashlib.sha256()
+    try:
+        with open(package_path / "weights.safetensors", "rb") as handle:
+            for block in iter(lambda: handle.read(1 << 22), b""):
+                digest.update(block)
+    except OSError as err:
+        raise PackageError(f"{package_path}: cannot read weights.safetensors: {err}") from err
+    parts = {
+        "meta": meta,
+        "recipe": recipe,
+        "versions": {n: version(n) for n in ("torch", "onnx", "onnxruntime", "transformers")},
+    }
+    digest.update(json.dumps(parts, sort_keys=True).encode())
+    return digest.hexdigest()[:24]
+
+
+def ensure_export(
+    backend: str, package_path: Path, state_dir: Path, base: str | None, timeout_s: float = 3600
+) -> Path:
+    """The cached export of `package_path` for `backend`, exported in a subprocess if missing."""
+    meta = read_meta(package_path)
+    target = state_dir / "exports" / f"{backend}-{export_key(package_path, meta, RECIPES[backend])}"
+    if (target / INFO_FILE).is_file():
+        return target
+    argv = [sys.executable, "-m", "serving.backends.onnx_export", "--backend", backend]
+    argv += ["--package", str(package_path), "--state-dir", str(state_dir), "--out", str(target)]
+    if base:
+        argv += ["--base", base]
+    done = subprocess.run(argv, capture_output=True, text=True, timeout=timeout_s, check=False)
+    if done.returncode != 0 or not (target / INFO_FILE).is_file():
+        tail = (done.stderr or done.stdout).strip().splitlines()[-5:]
+        raise BackendError(
+            f"{package_path}: ONNX export failed (exit {done.returncode}): " + " | ".join(tail)
+        )
+    return target
+
+
+def _export_fp32(
+    package_path: Path, state_dir: Path, base: str | None, out: Path, opset: int
+) -> dict:
+    """Trace the packaged model (windows -> log-probs over the tags) to fp32 ONNX."""
+    import torch
+
+    from appliance.forward import full_logits
+    from appliance.package import load_packaged_model
+
+    loaded, _ = load_packaged_model(package_path, state_dir, base)
+    loaded.tokenizer.save_pretrained(str(out / TOKENIZER_DIR))
+
+    class LogProbs(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.model = loaded.model
+
+        def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+            logits = full_logits(self.model, input_ids, attention_mask)
+            return torch.log_softmax(logits.float(), dim=-1)
+
+    module = LogProbs().eval()
+    ids = torch.full((2, 24), 3, dtype=torch.long)
+    mask = torch.ones_like(ids)
+    mask[1, 16:] = 0
+    axes = {0: "batch", 1: "tokens"}
+    with torch.no_grad():
+        torch.onnx.export(
+            module,
+            (ids, mask),
+            str(out / "model.fp32.onnx"),
+            dynamo=False,
+            input_names=["input_ids", "attention_mask"],
+            output_names=["log_probs"],
+            dynamic_axes={"input_ids": axes, "attention_mask": axes, "log_probs": axes},
+            opset_version=opset,
+        )
+    return {"labels": list(loaded.labels), "pad_id": int(loaded.tokenizer.pad_token_id)}
+
+
+def _quantize(out: Path, recipe: dict[str, Any]) -> None:
+    """fp32 ONNX -> the recipe's weights (head kept fp32), then ONNX Runtime's fusions, offline."""
+    import onnx
+    import onnxruntime as ort
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    source = out / "model.fp32.onnx"
+    names = [n.name for n in onnx.load(str(source), load_external_data=False).graph.node]
+    head = [name for name in names if "/score/" in name]
+    if recipe["matmul"] == "int8-dynamic":
+        int4 = [n for n in names if any(f"/{part}/" in n for part in recipe["int4_matmuls"])]
+        quantize_dynamic(
+            str(source),
+            str(out / "model.int8.onnx"),
+            weight_type=QuantType.QInt8,
+            per_channel=True,
+            op_types_to_quantize=["MatMul"],
+            nodes_to_exclude=head + int4,
+            extra_options={"MatMulConstBOnly": True},
+        )
+        source = out / "model.int8.onnx"
+    _nbits(source, out / "model.q.onnx", ("MatMul", "Gather"), head, recipe)
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED
+    options.optimized_model_filepath = str(out / MODEL_FILE)
+    ort.InferenceSession(str(out / "model.q.onnx"), options, providers=["CPUExecutionProvider"])
+    for name in ("model.fp32.onnx", "model.int8.onnx", "model.q.onnx"):
+        (out / name).unlink(missing_ok=True)
+    for extra in out.glob("*.data"):
+        extra.unlink()
+
+
+def _nbits(
+    source: Path, target: Path, ops: tuple[str, ...], exclude: list[str], recipe: dict[str, Any]
+) -> None:
+    """4-bit blocks for `ops` (MatMul -> MatMulNBits, Gather -> GatherBlockQuantized)."""
+    import onnx
+    from onnxruntime.quantization.matmul_nbits_quantizer import (
+        DefaultWeightOnlyQuantConfig,
+        MatMulNBitsQuantizer,
+    )
+
+    config = DefaultWeightOnlyQuantConfig(
+        block_size=recipe["block_size"],
+        is_symmetric=recipe["symmetric"],
+        accuracy_level=recipe.get("accuracy_level") or None,
+        op_types_to_quantize=ops,
+        quant_axes=(("MatMul", 0), ("Gather", 1)),
+        bits=4,
+    )
+    quantizer = MatMulNBitsQuantizer(
+        onnx.load(str(source)), nodes_to_exclude=exclude, algo_config=config
+    )
+    quantizer.process()
+    quantizer.model.save_model_to_file(str(target), use_external_data_format=False)
+
+
+def export(
+    backend: str, package_path: Path, state_dir: Path, base: str | None, target: Path
+) -> dict:
+    """Write the export directory `target` (atomically); returns what export.json records."""
+    started = time.monotonic()
+    tmp = target.with_name(f"{target.name}.partial-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    try:
+        recipe = RECIPES[backend]
+        info = _export_fp32(package_path, state_dir, base, tmp, recipe["opset"])
+        _quantize(tmp, recipe)
+        info.update(
+            backend=backend,
+            recipe=recipe,
+            package=str(package_path),
+            bytes=(tmp / MODEL_FILE).stat().st_size,
+            seconds=round(time.monotonic() - started, 1),
+        )
+        (tmp / INFO_FILE).write_text(json.dumps(info, indent=2), encoding="utf-8")
+        try:
+            tmp.rename(target)
+        except OSError:
+            if not (target / INFO_FILE).is_file():
+                raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)  # another process exported it first, or failure
+    return info
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--backend", choices=sorted(RECIPES), required=True)
+    parser.add_argument("--package", type=Path, required=True)
+    parser.add_argument("--state-dir", type=Path, required=True)
+    parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--base", help="where the base weights are on this box")
+    args = parser.parse_args(argv)
+    try:
+        info = export(args.backend, args.package, args.state_dir, args.base, args.out)
+    except (ValueError, OSError, RuntimeError) as err:
+        print(f"onnx export: {args.package}: {err}", file=sys.stderr)
+        return 1
+    print(json.dumps({k: v for k, v in info.items() if k != "recipe"}))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
