@@ -11,12 +11,12 @@ store the token embedding in 4 bits (GatherBlockQuantized, blocks of 32) and run
 graph fusions once offline.
 - `onnx-int4`: every decoder MatMul becomes MatMulNBits, 4-bit asymmetric weights in blocks of 32
   along K (ONNX Runtime's MatMulNBits quantizer). `accuracy_level` 0 computes in fp32: on the
-  Xeon we measured, level 4 (int8 compute) was about 25% slower for windows of hundreds of tokens.
+  Xeon we measured, level 4 (int8 compute) ran at 0.68x its speed on windows of ~250 tokens.
 - `onnx-int8`: the attention projections and the MLP's gate/up MatMuls become
   DynamicQuantizeMatMul (int8 per-channel weights, activations quantized per batch), which ONNX
   Runtime runs on VNNI/AMX int8 instructions; `down_proj` stays weight-only 4-bit (MatMulNBits),
   because its input carries the outlier activations per-tensor int8 cannot hold (all-int8 cost
-  5.5 F1 points on BC5CDR; see benchmarks/results/onnx_recipes.md).
+  4.9 F1 points on BC5CDR; see benchmarks/results/onnx_recipes.md).
 """
 
 from __future__ import annotations

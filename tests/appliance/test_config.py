@@ -41,6 +41,7 @@ def test_unreadable_toml_is_a_clear_error(tmp_path: Path):
     [
         ({"attention": "sideways"}, "attention must be one of"),
         ({"quantization": "int3"}, "quantization must be one of"),
+        ({"device": "tpu"}, "device must be one of"),
         ({"base": ""}, "base must be"),
     ],
 )
