@@ -104,29 +104,37 @@ def run(name: str, args: argparse.Namespace, train: list, test: list) -> dict[st
     }
 
 
+def centralized_f1(store: dict[str, Any], rounds: int) -> float | None:
+    """Centralized F1 for the same number of epochs as `rounds` x 1 local epoch (or None)."""
+    central = store.get("centralized", {})
+    if "f1" in central:  # the first runs stored one figure, for 3 rounds
+        central = {"3": central}
+    row = central.get(str(rounds))
+    return None if row is None else float(row["f1"])
+
+
 def write_table(store: dict[str, Any]) -> None:
     full = store["full_model_bytes"]
-    central = store.get("centralized", {}).get("f1")
     lines = [
         "# Federation benchmark",
         "",
-        f"Command: `{store['command']}`  ",
+        *[f"Command: `{command}`  " for command in store.get("commands", [])],
         f"Machine: {store['machine']}  ",
         f"Date: {store['date']}",
         "",
         f"BC5CDR train sentences split over 3 hospitals ({store['notes_per_hospital']} each on "
         f"average), strict entity F1 on the first {store['test_notes']} test sentences, "
-        f"SmolLM2-135M, {store['rounds']} rounds x 1 local epoch. Full-model FedAvg moves "
-        f"{full / 1e6:.1f} MB each way per client per round (every parameter at fp32).",
+        "SmolLM2-135M, R rounds x 1 local epoch (R per row). Full-model FedAvg moves "
+        f"{full / 1e6:.1f} MB each way per client per round (every parameter at fp32). "
+        "Centralized: top:8 on the union of the notes for R epochs (the same sentence passes): "
+        + ", ".join(
+            f"R={r}: strict F1 **{centralized_f1(store, int(r)):.4f}**"
+            for r in sorted(_central_rounds(store), key=int)
+        ),
         "",
-        f"Centralized top:8 on the union of the notes, {store['rounds']} epochs: strict F1 "
-        f"**{central:.4f}**"
-        if central is not None
-        else "Centralized: not measured",
-        "",
-        "| configuration | split | F1 per round | final F1 | vs centralized | up+down per client "
-        "per round | share of full FedAvg | total bytes (3 clients) |",
-        "|---|---|---|---|---|---|---|---|",
+        "| configuration | split | rounds | F1 per round | final F1 | vs centralized | up+down per "
+        "client per round | share of full FedAvg | total bytes (3 clients) |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for row in store["rows"].values():
         per_round = row["bytes_up_per_client_round"][-1] + row["bytes_down_per_client_round"][-1]
@@ -134,14 +142,20 @@ def write_table(store: dict[str, Any]) -> None:
             row["bytes_down_per_client_round"]
         )
         final = row["f1_per_round"][-1]
+        central = centralized_f1(store, row["rounds"])
         gap = f"{(final - central) * 100:+.1f} pt" if central is not None else "n/a"
         lines.append(
-            f"| {row['name']} | {row['split']} | "
+            f"| {row['name']} | {row['split']} | {row['rounds']} | "
             f"{', '.join(f'{f:.3f}' for f in row['f1_per_round'])} | {final:.4f} | {gap} | "
             f"{per_round / 1e6:.2f} MB | {per_round / (2 * full) * 100:.2f}% | "
             f"{total / 1e6:.1f} MB |"
         )
     RESULT.write_text("\n".join(lines + ["", store.get("notes", "")]) + "\n", encoding="utf-8")
+
+
+def _central_rounds(store: dict[str, Any]) -> list[str]:
+    central = store.get("centralized", {})
+    return ["3"] if "f1" in central else list(central)
 
 
 def main() -> None:
@@ -156,21 +170,26 @@ def main() -> None:
     train = read_notes(str(DATA / "train.tsv")).notes[: 3 * args.notes_per_hospital]
     test = read_notes(str(DATA / "test.tsv")).notes[: args.test_notes]
     store: dict[str, Any] = json.loads(STORE.read_text()) if STORE.exists() else {"rows": {}}
+    commands = store.get("commands", [store["command"]] if "command" in store else [])
     store.update(
-        command="python benchmarks/federation.py " + shlex.join(sys.argv[1:]),
+        commands=[*commands, "python benchmarks/federation.py " + shlex.join(sys.argv[1:])],
         machine=machine(),
         date=time.strftime("%Y-%m-%d"),
-        rounds=args.rounds,
         notes_per_hospital=args.notes_per_hospital,
         test_notes=args.test_notes,
         full_model_bytes=full_model_bytes(args.state_dir),
     )
-    if not args.skip_centralized:
-        store["centralized"] = centralized(args, train, test)
+    store.pop("command", None)
+    if "f1" in store.get("centralized", {}):
+        store["centralized"] = {"3": store["centralized"]}
+    if not args.skip_centralized and str(args.rounds) not in store.get("centralized", {}):
+        store.setdefault("centralized", {})[str(args.rounds)] = centralized(args, train, test)
         print("centralized", store["centralized"], flush=True)
+    store["rows"] = {f"{r['name']}, {r['rounds']} rounds": r for r in store["rows"].values()}
     for name in args.only or list(CONFIGS):
-        store["rows"][name] = run(name, args, train, test)
-        print(name, store["rows"][name]["f1_per_round"], flush=True)
+        row = run(name, args, train, test)
+        store["rows"][f"{name}, {args.rounds} rounds"] = row
+        print(name, row["f1_per_round"], flush=True)
         STORE.write_text(json.dumps(store, indent=2), encoding="utf-8")
         write_table(store)
     STORE.write_text(json.dumps(store, indent=2), encoding="utf-8")
