@@ -94,10 +94,15 @@ def export_key(package_path: Path, meta: dict[str, Any], recipe: dict[str, Any])
 
 
 def ensure_export(
-    backend: str, package_path: Path, state_dir: Path, base: str | None, timeout_s: float = 3600
+    backend: str,
+    package_path: Path,
+    meta: dict[str, Any],
+    state_dir: Path,
+    base: str | None,
+    timeout_s: float = 3600,
 ) -> Path:
-    """The cached export of `package_path` for `backend`, exported in a subprocess if missing."""
-    meta = read_meta(package_path)
+    """The cached export of `package_path` (whose package.json is `meta`) for `backend`,
+    exported in a subprocess if missing."""
     target = state_dir / "exports" / f"{backend}-{export_key(package_path, meta, RECIPES[backend])}"
     if (target / INFO_FILE).is_file():
         return target

@@ -35,7 +35,9 @@ class OnnxInt4Backend(Backend):
     def __init__(self, package_path: Path, options: BackendOptions) -> None:
         super().__init__(package_path, options)
         self._meta = read_meta(package_path)
-        self.export_dir = ensure_export(self.name, package_path, options.state_dir, options.base)
+        self.export_dir = ensure_export(
+            self.name, package_path, self._meta, options.state_dir, options.base
+        )
         try:
             info = json.loads((self.export_dir / INFO_FILE).read_text(encoding="utf-8"))
             self._tokenizer = PreTrainedTokenizerFast.from_pretrained(
