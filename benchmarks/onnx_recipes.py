@@ -34,14 +34,18 @@ from appliance.evaluation import entity_scores  # noqa: E402
 from appliance.notes import Note  # noqa: E402
 from appliance.readers import read_conll  # noqa: E402
 from benchmarks.serving import build_notes, ensure_package, machine  # noqa: E402
-from serving.backends.onnx_export import RECIPES, _export_fp32, _nbits  # noqa: E402
+from serving.backends.onnx_export import (  # noqa: E402
+    RECIPES,
+    _dynamic_int8,
+    _export_fp32,
+    _nbits,
+)
 
 RESULT = ROOT / "benchmarks" / "results" / "onnx_recipes.md"
 
 
 def variants(src: Path) -> dict[str, Callable[[Path], None] | None]:
     import onnx
-    from onnxruntime.quantization import QuantType, quantize_dynamic
 
     names = [n.name for n in onnx.load(str(src), load_external_data=False).graph.node]
     head = [n for n in names if "/score/" in n]
@@ -54,11 +58,7 @@ def variants(src: Path) -> dict[str, Callable[[Path], None] | None]:
     def int8(keep4: list[str]) -> Callable[[Path], None]:
         def make(dst: Path) -> None:
             tmp = dst.with_suffix(".tmp.onnx")
-            quantize_dynamic(
-                str(src), str(tmp), weight_type=QuantType.QInt8, per_channel=True,
-                op_types_to_quantize=["MatMul"], nodes_to_exclude=head + keep4,
-                extra_options={"MatMulConstBOnly": True},
-            )  # fmt: skip
+            _dynamic_int8(src, tmp, head + keep4)
             _nbits(tmp, dst, ("MatMul", "Gather"), head, RECIPES["onnx-int4"])
 
         return make

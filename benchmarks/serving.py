@@ -41,6 +41,7 @@ from appliance.encoding import word_tags  # noqa: E402
 from appliance.evaluation import entity_scores  # noqa: E402
 from appliance.notes import EntitySpan, Note  # noqa: E402
 from appliance.readers import read_conll  # noqa: E402
+from benchmarks.serving_pipeline import peak_rss_mb  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results"
 CLI = str(ROOT / ".venv" / "bin" / "appliance")
@@ -120,13 +121,6 @@ def strict_f1(notes: list[Note], predicted: list[list[tuple[int, int, str]]]) ->
     spans = [[EntitySpan(s, e, label) for s, e, label in p] for p in predicted]
     pred = [word_tags(n.words or (), s) for n, s in zip(notes, spans, strict=True)]
     return entity_scores(gold, pred)["overall"].f1
-
-
-def peak_rss_mb(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) / 1024
-    return 0.0
 
 
 def run_backend(

@@ -163,22 +163,13 @@ def _quantize(out: Path, recipe: dict[str, Any]) -> None:
     """fp32 ONNX -> the recipe's weights (head kept fp32), then ONNX Runtime's fusions, offline."""
     import onnx
     import onnxruntime as ort
-    from onnxruntime.quantization import QuantType, quantize_dynamic
 
     source = out / "model.fp32.onnx"
     names = [n.name for n in onnx.load(str(source), load_external_data=False).graph.node]
     head = [name for name in names if "/score/" in name]
     if recipe["matmul"] == "int8-dynamic":
         int4 = [n for n in names if any(f"/{part}/" in n for part in recipe["int4_matmuls"])]
-        quantize_dynamic(
-            str(source),
-            str(out / "model.int8.onnx"),
-            weight_type=QuantType.QInt8,
-            per_channel=True,
-            op_types_to_quantize=["MatMul"],
-            nodes_to_exclude=head + int4,
-            extra_options={"MatMulConstBOnly": True},
-        )
+        _dynamic_int8(source, out / "model.int8.onnx", head + int4)
         source = out / "model.int8.onnx"
     _nbits(source, out / "model.q.onnx", ("MatMul", "Gather"), head, recipe)
     options = ort.SessionOptions()
@@ -189,6 +180,21 @@ def _quantize(out: Path, recipe: dict[str, Any]) -> None:
         (out / name).unlink(missing_ok=True)
     for extra in out.glob("*.data"):
         extra.unlink()
+
+
+def _dynamic_int8(source: Path, target: Path, exclude: list[str]) -> None:
+    """Constant-weight MatMuls -> int8 per-channel weights, activations quantized per batch."""
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    quantize_dynamic(
+        str(source),
+        str(target),
+        weight_type=QuantType.QInt8,
+        per_channel=True,
+        op_types_to_quantize=["MatMul"],
+        nodes_to_exclude=exclude,
+        extra_options={"MatMulConstBOnly": True},
+    )
 
 
 def _nbits(

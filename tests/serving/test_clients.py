@@ -31,8 +31,7 @@ def served(tiny_package: Path, tmp_path_factory: pytest.TempPathFactory) -> Iter
     toml = tmp_path_factory.mktemp("cfg") / "serving.toml"
     # torch-fp32, so remote scores can be compared with local `annotate` exactly
     toml.write_text(
-        f'[serving]\npackage = "{tiny_package}"\nbackend = "torch-fp32"\n'
-        "max_queue_delay_ms = 1.0\n"
+        f'[serving]\npackage = "{tiny_package}"\nbackend = "torch-fp32"\nmax_queue_delay_ms = 1.0\n'
     )
     proc = subprocess.Popen(
         [sys.executable, "-m", "appliance.cli", "serve", "--config", str(toml), "--port", "0",
