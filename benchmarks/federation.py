@@ -50,6 +50,28 @@ CONFIGS: dict[str, tuple[str, dict[str, Any]]] = {
         "dirichlet",
         {"mode": "lora", "learning_rate": 1e-3, "compression": "int8"},
     ),
+    "lora-r16-lr3e-3+int8 dirichlet": (
+        "dirichlet",
+        {
+            "mode": "lora",
+            "lora_rank": 16,
+            "lora_alpha": 32,
+            "learning_rate": 3e-3,
+            "head_learning_rate": 3e-3,
+            "compression": "int8",
+        },
+    ),
+    "lora-r16-lr2e-3+int8 dirichlet": (
+        "dirichlet",
+        {
+            "mode": "lora",
+            "lora_rank": 16,
+            "lora_alpha": 32,
+            "learning_rate": 2e-3,
+            "head_learning_rate": 2e-3,
+            "compression": "int8",
+        },
+    ),
     "full dirichlet": ("dirichlet", {"mode": "full", "learning_rate": 1e-4}),
 }
 

@@ -1,0 +1,290 @@
+"""A real `ansible-playbook` run of site.yml against localhost into a temporary prefix.
+
+The consortium (SuperLink with TLS and SuperNode authentication, the hospital's key registered)
+and one hospital box (serving over mTLS, the federation daemon) are installed from the wheel into
+their own virtualenv and started directly (systemd is not PID 1 here). Then: the installed
+appliance answers gRPC health and a note, both exporters are scraped, `systemd-analyze verify`
+accepts every rendered unit, and a second run changes nothing.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from federation.deploy import free_port, make_certificates
+from tests.conftest import make_tiny_llama
+from tests.deploy.tools import ANSIBLE, ROOT, require_root, tool
+from tests.serving.servers import make_pki
+
+HOSPITAL = "hospital-a"
+
+
+def _run(cmd: list[str], cwd: Path = ROOT, timeout: float = 1800) -> str:
+    done = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, timeout=timeout)
+    assert done.returncode == 0, f"{cmd[:3]} failed:\n{done.stdout[-6000:]}\n{done.stderr[-3000:]}"
+    return done.stdout
+
+
+def _sentences(source: Path, count: int, dest: Path) -> Path:
+    """The first `count` sentences of a BC5CDR IOB file."""
+    blocks = source.read_text(encoding="utf-8").split("\n\n")[:count]
+    dest.write_text("\n\n".join(blocks) + "\n", encoding="utf-8")
+    return dest
+
+
+def _artifacts(work: Path) -> dict[str, Path]:
+    """What the controller hands the roles: wheel, FAB, certificates, a base, a package, notes."""
+    dist = work / "dist"
+    _run([sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps", "-w", str(dist), "."])
+    _run([tool("flwr"), "build", "--app", str(ROOT)], cwd=dist)
+    certs = make_certificates(work / "certs", [HOSPITAL], ("127.0.0.1", "localhost"))
+    pki = make_pki(work / "pki")
+    base = make_tiny_llama(work / "tiny-llama")
+    notes = _sentences(ROOT / "data/bc5cdr/train.tsv", 60, work / "notes.tsv")
+    heldout = _sentences(ROOT / "data/bc5cdr/devel.tsv", 20, work / "heldout.tsv")
+    package = work / "package"
+    appliance = Path(sys.executable).with_name("appliance")
+    _run(
+        [
+            str(appliance),
+            "train",
+            "--base",
+            str(base),
+            "--train",
+            str(notes),
+            "--layers",
+            "top:1",
+            "--epochs",
+            "1",
+            "--no-progress",
+            "--no-cache",
+            "--state-dir",
+            str(work / "train-state"),
+            "--out",
+            str(package),
+        ]
+    )
+    return {
+        "wheel": next(dist.glob("*.whl")),
+        "fab": next(dist.glob("*.fab")),
+        "base": base,
+        "package": package,
+        "notes": notes,
+        "heldout": heldout,
+        **{f"fl_{k}": v for k, v in certs.items()},
+        **{f"tls_{k}": v for k, v in pki.items()},
+    }
+
+
+def _inventory(work: Path, a: dict[str, Path], ports: dict[str, int]) -> Path:
+    common = {
+        "ansible_connection": "local",
+        "ansible_python_interpreter": "/usr/bin/python3",
+    }
+    consortium = {
+        "consortium_prefix": str(work / "root"),
+        "consortium_wheel": str(a["wheel"]),
+        "consortium_fab": str(a["fab"]),
+        "consortium_service_manager": "direct",
+        "consortium_superlink_host": "127.0.0.1",
+        "consortium_superlink_port": ports["superlink"],
+        "consortium_superlink_address": f"127.0.0.1:{ports['superlink']}",
+        "consortium_tls_ca_src": str(a["fl_ca"]),
+        "consortium_tls_cert_src": str(a["fl_cert"]),
+        "consortium_tls_key_src": str(a["fl_key"]),
+        "consortium_hospitals": [{"name": HOSPITAL, "public_key": str(a[f"fl_{HOSPITAL}.pub"])}],
+    }
+    hospital = {
+        "hospital_node_prefix": str(work / "root"),
+        "hospital_node_wheel": str(a["wheel"]),
+        "hospital_node_service_manager": "direct",
+        "hospital_node_name": HOSPITAL,
+        "hospital_node_base_model": str(a["base"]),
+        "hospital_node_initial_package": str(a["package"]),
+        "hospital_node_notes_src": str(a["notes"]),
+        "hospital_node_heldout_src": str(a["heldout"]),
+        "hospital_node_serving_host": "127.0.0.1",
+        "hospital_node_serving_port": ports["grpc"],
+        "hospital_node_serving_metrics_host": "127.0.0.1",
+        "hospital_node_serving_metrics_port": ports["serving_metrics"],
+        "hospital_node_serving_backend": "torch-fp32",
+        "hospital_node_tls_cert_src": str(a["tls_server_cert"]),
+        "hospital_node_tls_key_src": str(a["tls_server_key"]),
+        "hospital_node_tls_client_ca_src": str(a["tls_ca"]),
+        "hospital_node_superlink": f"127.0.0.1:{ports['superlink']}",
+        "hospital_node_superlink_ca_src": str(a["fl_ca"]),
+        "hospital_node_auth_key_src": str(a[f"fl_{HOSPITAL}.key"]),
+        "hospital_node_window": "00:00-23:59",
+        "hospital_node_federation_metrics_host": "127.0.0.1",
+        "hospital_node_federation_metrics_port": ports["federation_metrics"],
+        "hospital_node_supernode_port": ports["supernode"],
+    }
+    inventory = {
+        "consortium": {"hosts": {"consortium-local": {**common, **consortium}}},
+        "hospitals": {"hosts": {"hospital-local": {**common, **hospital}}},
+    }
+    path = work / "inventory.yml"
+    path.write_text(json.dumps(inventory, indent=2), encoding="utf-8")
+    return path
+
+
+def _playbook(inventory: Path) -> str:
+    env = {**os.environ, "ANSIBLE_CONFIG": str(ANSIBLE / "ansible.cfg"), "ANSIBLE_NOCOLOR": "1"}
+    done = subprocess.run(
+        [tool("ansible-playbook"), "-i", str(inventory), "site.yml"],
+        cwd=ANSIBLE,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=2400,
+    )
+    assert done.returncode == 0, done.stdout[-8000:] + done.stderr[-3000:]
+    return done.stdout
+
+
+def _recap(output: str) -> dict[str, dict[str, int]]:
+    recap = output[output.rindex("PLAY RECAP") :]
+    return {
+        host: {k: int(v) for k, v in re.findall(r"(\w+)=(\d+)", rest)}
+        for host, rest in re.findall(r"^(\S+)\s+:\s+(.*)$", recap, flags=re.M)
+    }
+
+
+def _stop_services(root: Path) -> None:
+    for pidfile in root.glob("run/*/*.pid"):
+        subprocess.run(
+            [
+                "start-stop-daemon",
+                "--stop",
+                "--pidfile",
+                str(pidfile),
+                "--retry",
+                "TERM/30/KILL/5",
+                "--remove-pidfile",
+            ],
+            capture_output=True,
+            check=False,
+        )
+
+
+@pytest.fixture(scope="module")
+def deployed() -> Iterator[tuple[Path, Path, dict[str, int], str]]:
+    require_root()
+    tool("ansible-playbook")
+    tool("systemd-analyze")
+    work = Path(tempfile.mkdtemp(prefix="appliance-deploy-"))
+    work.chmod(0o755)  # the service users read the base, the package and the notes from here
+    ports = {
+        k: free_port()
+        for k in ("grpc", "serving_metrics", "federation_metrics", "supernode", "superlink")
+    }
+    try:
+        artifacts = _artifacts(work)
+        for path in [artifacts["base"], *artifacts["base"].rglob("*")]:
+            path.chmod(0o755 if path.is_dir() else 0o644)  # the services read the base in place
+        inventory = _inventory(work, artifacts, ports)
+        first = _playbook(inventory)
+        yield work, inventory, ports, first
+    finally:
+        _stop_services(work / "root")
+
+
+Deployed = tuple[Path, Path, dict[str, int], str]
+
+
+def test_installed_appliance_answers_health_and_a_note_over_mtls(deployed: Deployed) -> None:
+    from serving.client import NerClient
+
+    work, _, ports, first = deployed
+    assert "changed=" in first
+    pki = work / "pki"
+    with NerClient(
+        f"localhost:{ports['grpc']}",
+        ca=pki / "ca.pem",
+        cert=pki / "client.pem",
+        key=pki / "client.key",
+    ) as client:
+        client.wait_ready(180)
+        result = client.analyze("Cisplatin-induced nephrotoxicity was excluded.")
+        assert result.model_version.startswith("000001")
+
+
+def test_plaintext_client_is_refused_by_the_production_box(deployed: Deployed) -> None:
+    import grpc
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+    _, _, ports, _ = deployed
+    channel = grpc.insecure_channel(f"127.0.0.1:{ports['grpc']}")
+    try:
+        with pytest.raises(grpc.RpcError, match="UNAVAILABLE"):
+            health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=10)
+    finally:
+        channel.close()
+
+
+def test_both_exporters_are_scraped(deployed: Deployed) -> None:
+    _, _, ports, _ = deployed
+    serving = _scrape(ports["serving_metrics"])
+    assert "appliance_ner_model_info{" in serving and "process_resident_memory_bytes" in serving
+    federation = _scrape(ports["federation_metrics"])
+    assert f'appliance_federation_window_open{{hospital="{HOSPITAL}"}} 1.0' in federation
+
+
+def test_supernode_joined_the_superlink(deployed: Deployed) -> None:
+    work, _, _, _ = deployed
+    home = work / "root/var/lib/appliance-consortium/flwr-home"
+    flwr = work / "root/opt/appliance-consortium/venv/bin/flwr"
+    deadline = 120
+    for _ in range(deadline // 3):
+        listed = subprocess.run(
+            [str(flwr), "supernode", "list", "consortium", "--format", "json"],
+            env={**os.environ, "FLWR_HOME": str(home)},
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        nodes = json.loads(listed.stdout or "{}").get("nodes", [])
+        if any(n["status"] == "online" for n in nodes):
+            return
+        time.sleep(3)
+    pytest.fail(f"no SuperNode online: {listed.stdout[-1000:]} {listed.stderr[-1000:]}")
+
+
+def test_systemd_analyze_verifies_every_rendered_unit(deployed: Deployed) -> None:
+    work, _, _, _ = deployed
+    units = sorted((work / "root/etc/systemd/system").glob("appliance-*"))
+    assert {u.name for u in units} == {
+        p.name.removesuffix(".j2") for p in (ROOT / "systemd").glob("*.j2")
+    }
+    done = subprocess.run(
+        [tool("systemd-analyze"), "verify", "--man=no", *map(str, units)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    serving = (work / "root/etc/systemd/system/appliance-serving.service").read_text()
+    assert "ProtectSystem=strict" in serving and "User=appliance" in serving
+
+
+def test_second_run_changes_nothing(deployed: Deployed) -> None:
+    _, inventory, _, _ = deployed
+    second = _playbook(inventory)
+    recap = _recap(second)
+    assert recap and all(r["changed"] == 0 for r in recap.values()), second[-6000:]
+
+
+def _scrape(port: int) -> str:
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as response:
+        return str(response.read().decode("utf-8"))
