@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -198,6 +199,7 @@ def deployed() -> Iterator[tuple[Path, Path, dict[str, int], str]]:
         yield work, inventory, ports, first
     finally:
         _stop_services(work / "root")
+        shutil.rmtree(work, ignore_errors=True)
 
 
 Deployed = tuple[Path, Path, dict[str, int], str]
