@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shlex
 import shutil
 import subprocess
 import sys
@@ -278,6 +279,11 @@ def test_systemd_analyze_verifies_every_rendered_unit(deployed: Deployed) -> Non
     assert done.returncode == 0, done.stdout + done.stderr
     serving = (work / "root/etc/systemd/system/appliance-serving.service").read_text()
     assert "ProtectSystem=strict" in serving and "User=appliance" in serving
+    round_unit = (work / "root/etc/systemd/system/appliance-round.service").read_text()
+    exec_start = next(line for line in round_unit.splitlines() if line.startswith("ExecStart="))
+    argv = shlex.split(exec_start.removeprefix("ExecStart="))  # systemd quotes words the same way
+    assert argv[argv.index("--run-config") + 1] == "mode='layers' layers='top:8' rounds=3"
+    assert argv[-1] == "--stream"
 
 
 def test_second_run_changes_nothing(deployed: Deployed) -> None:
