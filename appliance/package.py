@@ -23,10 +23,7 @@ from appliance.errors import PackageError
 from appliance.forward import set_attention
 from appliance.layers import LayerSelection
 from appliance.model import LoadedModel, load_model
-
-FORMAT = "appliance-model-package/1"
-WEIGHTS = "weights.safetensors"
-META = "package.json"
+from appliance.package_meta import FORMAT, META, WEIGHTS, read_package_meta
 
 
 @dataclass(frozen=True)
@@ -93,13 +90,11 @@ def save_package(
 
 def read_package(path: str | Path) -> ModelPackage:
     root = Path(path)
+    meta = read_package_meta(root)
     try:
-        meta = json.loads((root / META).read_text(encoding="utf-8"))
         tensors = load_file(str(root / WEIGHTS))
     except FileNotFoundError as err:
-        raise PackageError(
-            f"{root}: not a model package ({Path(err.filename).name} missing)"
-        ) from err
+        raise PackageError(f"{root}: not a model package ({WEIGHTS} missing)") from err
     except (OSError, ValueError, SafetensorError) as err:
         raise PackageError(f"{root}: unreadable model package: {err}") from err
     if meta.get("format") != FORMAT:

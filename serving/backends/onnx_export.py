@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from appliance.errors import PackageError
+from appliance.package_meta import WEIGHTS
 from serving.backends.base import BackendError
 
 RECIPES: dict[str, dict[str, Any]] = {
@@ -62,28 +63,17 @@ INFO_FILE = "export.json"
 TOKENIZER_DIR = "tokenizer"
 
 
-def read_meta(package_path: Path) -> dict[str, Any]:
-    """A package's package.json, read without torch."""
-    try:
-        meta: dict[str, Any] = json.loads((package_path / "package.json").read_text("utf-8"))
-    except FileNotFoundError:
-        raise PackageError(f"{package_path}: not a model package (package.json missing)") from None
-    except (OSError, ValueError) as err:
-        raise PackageError(f"{package_path}: unreadable package.json: {err}") from err
-    return meta
-
-
 def export_key(package_path: Path, meta: dict[str, Any], recipe: dict[str, Any]) -> str:
     """What the export depends on: package bytes, recipe, library versions."""
     from importlib.metadata import version
 
     digest = hashlib.sha256()
     try:
-        with open(package_path / "weights.safetensors", "rb") as handle:
+        with open(package_path / WEIGHTS, "rb") as handle:
             for block in iter(lambda: handle.read(1 << 22), b""):
                 digest.update(block)
     except OSError as err:
-        raise PackageError(f"{package_path}: cannot read weights.safetensors: {err}") from err
+        raise PackageError(f"{package_path}: cannot read {WEIGHTS}: {err}") from err
     parts = {
         "meta": meta,
         "recipe": recipe,

@@ -18,13 +18,13 @@ import onnxruntime as ort
 from transformers import PreTrainedTokenizerBase, PreTrainedTokenizerFast
 
 from appliance.encoding import EncodedWindow, pad_windows
+from appliance.package_meta import read_package_meta
 from serving.backends.base import Backend, BackendError, BackendOptions
 from serving.backends.onnx_export import (
     INFO_FILE,
     MODEL_FILE,
     TOKENIZER_DIR,
     ensure_export,
-    read_meta,
 )
 
 
@@ -34,7 +34,7 @@ class OnnxInt4Backend(Backend):
 
     def __init__(self, package_path: Path, options: BackendOptions) -> None:
         super().__init__(package_path, options)
-        self._meta = read_meta(package_path)
+        self._meta = read_package_meta(package_path)
         self.export_dir = ensure_export(
             self.name, package_path, self._meta, options.state_dir, options.base
         )
