@@ -88,10 +88,11 @@ def build_parser() -> argparse.ArgumentParser:
     info.add_argument("--package", type=Path, help="a model package to describe")
     info.add_argument("--layers", help="describe this selection on the base (default top:8)")
 
-    demo = sub.add_parser("demo", help="the main job: train on BC5CDR, evaluate, annotate")
+    demo = sub.add_parser("demo", help="the main job (see README); alone: a one-box demo")
     demo.add_argument("--state-dir", help="where caches, bases and packages live")
     demo.add_argument("--quick", action="store_true", help="a smaller run for a smoke test")
-    _register_plugins(sub, {"train": train, "evaluate": evaluate, "annotate": annotate})
+    parsers = {"train": train, "evaluate": evaluate, "annotate": annotate, "demo": demo}
+    _register_plugins(sub, parsers)
     return parser
 
 

@@ -11,7 +11,7 @@ import json
 import logging
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from flwr.app.message_type import MessageType
@@ -24,14 +24,20 @@ from appliance.readers import read_notes
 from federation.audit import audit_mod
 from federation.config import FederationConfig, from_run_config
 from federation.journal import RoundJournal
-from federation.promotion import promote_if_not_worse
-from federation.task import HospitalNode
+
+if TYPE_CHECKING:  # torch and transformers load only when a message reaches the client
+    from federation.task import HospitalNode
 
 log = logging.getLogger(__name__)
 _NODES: dict[str, HospitalNode] = {}  # one per (node config, run config) for the process
 
 
 def hospital_node(cfg: FederationConfig, node_config: dict[str, Any]) -> HospitalNode:
+    """The process's node for this run. Imported here, not at the top: Flower starts a process
+    per message, and SecAgg+'s key-exchange stages never reach the client, so they need not pay
+    the seconds torch and transformers take to import."""
+    from federation.task import HospitalNode
+
     key = json.dumps([sorted(node_config.items()), repr(cfg)], default=str)
     if key not in _NODES:
         notes = read_notes(str(node_config["notes"])).notes
@@ -39,7 +45,10 @@ def hospital_node(cfg: FederationConfig, node_config: dict[str, Any]) -> Hospita
         heldout = read_notes(str(heldout_path)).notes if heldout_path else []
         state = Path(str(node_config.get("state-dir", Path(tempfile.gettempdir()) / "node")))
         name = str(node_config.get("hospital", "hospital"))
-        _NODES[key] = HospitalNode.load(cfg, notes, state, name, heldout)
+        bases = node_config.get("bases-dir")  # a GGUF base shared by the box's processes
+        _NODES[key] = HospitalNode.load(
+            cfg, notes, state, name, heldout, Path(str(bases)) if bases else None
+        )
     return _NODES[key]
 
 
@@ -97,6 +106,8 @@ class HospitalClient(NumPyClient):
         return 1.0 - metrics.get("f1", 0.0), count, metrics
 
     def _promote(self, arrays: dict[str, np.ndarray], registry: Path, server_round: int) -> None:
+        from federation.promotion import promote_if_not_worse
+
         tolerance = float(self.node_config.get("tolerance", 0.01))
         with tempfile.TemporaryDirectory(dir=self.node.state_dir) as tmp:
             candidate = self.node.write_package(arrays, Path(tmp) / "package")
@@ -105,7 +116,7 @@ class HospitalClient(NumPyClient):
                 candidate,
                 self.node.heldout,
                 tolerance,
-                self.node.state_dir,
+                self.node.bases_dir,
                 label=f"round-{server_round}",
                 journal=self.journal,
                 server_round=server_round,

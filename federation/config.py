@@ -26,6 +26,7 @@ class FederationConfig:
     lora_dropout: float = 0.05
     rounds: int = 3
     local_epochs: int = 1
+    local_fraction: float = 1.0  # < 1: each round trains on a rotating share of the local notes
     batch_size: int = 16
     learning_rate: float = 3e-4
     head_learning_rate: float = 1e-3
@@ -80,6 +81,13 @@ class FederationConfig:
         )
         if not 0 < self.fraction_train <= 1:
             raise ValueError(f"fraction-train {self.fraction_train}: must be in (0, 1]")
+        if not 0 < self.local_fraction <= 1:
+            raise ValueError(f"local-fraction {self.local_fraction}: must be in (0, 1]")
+        if self.dp and self.local_fraction < 1:
+            raise ValueError(
+                "dp with local-fraction < 1: the privacy accountant assumes each round samples "
+                "from all local notes"
+            )
         if not 0 < self.topk_fraction <= 1:
             raise ValueError(f"topk-fraction {self.topk_fraction}: must be in (0, 1]")
         if not 0 < self.dp_delta < 1:

@@ -8,6 +8,7 @@ authentication key per hospital (private files 0600). `Consortium` starts `flowe
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import ipaddress
 import json
@@ -32,6 +33,7 @@ from federation.config import FederationConfig, to_run_config
 from federation.daemon_config import toml_value
 
 ROOT = Path(__file__).resolve().parent.parent
+RUN_PROCESS = "flwr-run"  # the `flwr run --stream` of the current run (see Consortium.run)
 
 
 def _write_private(path: Path, data: bytes) -> None:
@@ -146,6 +148,7 @@ class Consortium:
     workdir: Path
     certs: dict[str, Path]
     port: int = field(default_factory=free_port)
+    server_state: Path | None = None  # the ServerApp's APPLIANCE_STATE_DIR (default: in workdir)
     processes: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
 
     @property
@@ -153,26 +156,38 @@ class Consortium:
         env = dict(os.environ)
         env["FLWR_HOME"] = str(self.workdir / "flwr-home")
         env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
+        if self.server_state is not None:
+            env["APPLIANCE_STATE_DIR"] = str(self.server_state)
         env.setdefault("APPLIANCE_STATE_DIR", str(self.workdir / "server-state"))
         return env
 
-    def _spawn(self, name: str, command: list[str]) -> subprocess.Popen[bytes]:
+    def spawn(
+        self, name: str, command: list[str], extra_env: dict[str, str] | None = None
+    ) -> subprocess.Popen[bytes]:
         log = (self.workdir / f"{name}.log").open("ab")
         proc = subprocess.Popen(
             command,
             stdout=log,
             stderr=subprocess.STDOUT,
-            env=self.env,
+            env={**self.env, **(extra_env or {})},
             cwd=self.workdir,
             start_new_session=True,
         )
         self.processes[name] = proc
         return proc
 
+    def check_alive(self) -> None:
+        """Raise if a process this consortium started has exited (its log says why)."""
+        for name, proc in list(self.processes.items()):
+            if name != RUN_PROCESS and proc.poll() is not None:
+                raise RuntimeError(
+                    f"{name} exited with code {proc.returncode}; see {self.workdir}/{name}.log"
+                )
+
     def start_superlink(self) -> None:
         self.workdir.mkdir(parents=True, exist_ok=True)
         self._write_connection()
-        self._spawn(
+        self.spawn(
             "superlink",
             [
                 _bin("flower-superlink"),
@@ -241,7 +256,7 @@ class Consortium:
 
     def start_supernode(self, hospital: str, node_config: dict[str, Any]) -> None:
         values = " ".join(f"{k}={toml_value(v)}" for k, v in node_config.items())
-        self._spawn(
+        self.spawn(
             hospital,
             [
                 _bin("flower-supernode"),
@@ -259,15 +274,27 @@ class Consortium:
         )
 
     def run(self, cfg: FederationConfig, timeout: float = 600.0) -> RunResult:
-        """Submit the app with `cfg` as run config, stream it until it ends, report its status."""
+        """Submit the app with `cfg` as run config, stream it until it ends, report its status.
+
+        `flwr run` is one of this consortium's processes while it streams, so `stop()` (also
+        on Ctrl-C) ends it with the rest; its output is appended to `flwr-run.log`.
+        """
         overrides = " ".join(f"{k}={toml_value(v)}" for k, v in to_run_config(cfg).items())
-        done = self.flwr(
-            "run", str(ROOT), "consortium", "--run-config", overrides, "--stream", timeout=timeout
-        )
+        log_path = self.workdir / "flwr-run.log"
+        offset = log_path.stat().st_size if log_path.exists() else 0
+        command = [_bin("flwr"), "run", str(ROOT), "consortium", "--run-config", overrides]
+        proc = self.spawn(RUN_PROCESS, [*command, "--stream"])
+        try:
+            proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            self.stop(RUN_PROCESS)
+        self.processes.pop(RUN_PROCESS, None)
+        output = log_path.read_bytes()[offset:].decode("utf-8", "replace")
         # `flwr run --stream` exits 0 even when the ServerApp failed: ask the SuperLink.
-        match = re.search(r"run_id `(\d+)`", done.stdout + done.stderr)
-        status = self.run_status(match.group(1)) if match else "unknown (no run id)"
-        return RunResult(status == "finished:completed", done.stdout, done.stderr, status)
+        match = re.search(r"run_id `(\d+)`|started run (\d+)", output)
+        run_id = (match.group(1) or match.group(2)) if match else None
+        status = self.run_status(run_id) if run_id else "unknown (no run id)"
+        return RunResult(status == "finished:completed", output, "", status)
 
     def run_status(self, run_id: str, timeout: float = 120.0) -> str:
         """The SuperLink's status of a run once it has finished (e.g. finished:completed)."""
@@ -285,14 +312,51 @@ class Consortium:
         return status
 
     def stop(self, name: str | None = None) -> None:
+        """SIGTERM each process group (newest first), SIGKILL after 20 s; then end what they
+        started in sessions of their own (the SuperLink's ServerApp) and did not stop."""
         names = [name] if name else list(reversed(self.processes))
         for key in names:
             proc = self.processes.pop(key, None)
             if proc is None or proc.poll() is not None:
                 continue
+            children = _descendants(proc.pid)
             os.killpg(proc.pid, signal.SIGTERM)
             try:
                 proc.wait(timeout=20)
             except subprocess.TimeoutExpired:
                 os.killpg(proc.pid, signal.SIGKILL)
                 proc.wait()
+            _end(children)
+
+
+def _descendants(pid: int) -> list[int]:
+    """Every process below `pid` (Linux /proc), children first."""
+    try:
+        text = Path(f"/proc/{pid}/task/{pid}/children").read_text()
+    except OSError:
+        return []
+    found = []
+    for child in map(int, text.split()):
+        found += [child, *_descendants(child)]
+    return found
+
+
+def _end(pids: list[int], grace: float = 10.0) -> None:
+    """SIGTERM the still-running `pids`, SIGKILL those alive after `grace` seconds."""
+    for sig, wait in ((signal.SIGTERM, grace), (signal.SIGKILL, 0.0)):
+        alive = [pid for pid in pids if _running(pid)]
+        for pid in alive:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, sig)
+        deadline = time.monotonic() + wait
+        while alive and time.monotonic() < deadline:
+            alive = [pid for pid in alive if _running(pid)]
+            time.sleep(0.2)
+
+
+def _running(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return False
+    return state != "Z"

@@ -58,6 +58,7 @@ class HospitalNode:
         self.cfg, self.loaded, self.name = cfg, loaded, name
         self.notes, self.heldout = list(notes), list(heldout)
         self.state_dir = state_dir
+        self.bases_dir = state_dir  # where a GGUF base is materialized (see `load`)
         self.selection = LayerSelection.parse(cfg.spec, loaded.num_layers)
         self.trainer = Trainer(
             loaded, self.selection, self._train_config(0), progress=False, fresh_head=False
@@ -88,7 +89,9 @@ class HospitalNode:
         quantization = "nf4" if cfg.mode == "lora" and torch.cuda.is_available() else "none"
         model_cfg = ModelConfig(base=cfg.base, attention=cfg.attention, quantization=quantization)
         loaded = load_model(model_cfg, cfg.labels, bases_dir or state_dir, cfg.spec)
-        return cls(cfg, loaded, notes, state_dir, name, heldout)
+        node = cls(cfg, loaded, notes, state_dir, name, heldout)
+        node.bases_dir = Path(bases_dir or state_dir)
+        return node
 
     def _train_config(self, server_round: int) -> TrainConfig:
         c = self.cfg
@@ -177,8 +180,18 @@ class HospitalNode:
                 self.cfg.batch_size,
                 gen,
             )
-        result = trainer.fit(self.notes, [])
+        result = trainer.fit(self.round_notes(server_round), [])
         return float(result.history[-1].loss) if result.history else float("nan")
+
+    def round_notes(self, server_round: int) -> list[Note]:
+        """The notes a round trains on: all, or with `local_fraction` < 1 the round's share of
+        them in turn (fewer local steps per round; every note is used once per 1/fraction)."""
+        fraction = self.cfg.local_fraction
+        if fraction >= 1:
+            return self.notes
+        shares = max(1, round(1 / fraction))
+        index = (server_round - 1) % shares
+        return [n for i, n in enumerate(self.notes) if i % shares == index] or self.notes
 
     def _proximal_term(self, reference: Arrays, mu: float) -> Any:
         params = dict(self.loaded.model.named_parameters())

@@ -57,3 +57,27 @@ def test_fedprox_keeps_local_weights_closer_to_the_global_ones(tiny_llama: Path,
         update = node.train_round(start, 1)
         drift[mu] = sum(float(((update.payload[k] - start[k]) ** 2).sum()) for k in start)
     assert drift[50.0] < 0.5 * drift[0.0], drift
+
+
+def test_local_fraction_rotates_shares_and_short_rounds_still_learn(
+    tiny_llama: Path, tmp_path: Path, split
+):
+    from federation.task import HospitalNode
+
+    parts, test = split
+    cfg = tiny_config(tiny_llama, rounds=6, local_epochs=1, local_fraction=1 / 3)
+    node = HospitalNode.load(cfg, parts[0], tmp_path / "n", "h")
+    shares = [node.round_notes(r) for r in (1, 2, 3)]
+    assert sorted(n.note_id for s in shares for n in s) == sorted(n.note_id for n in parts[0])
+    assert node.round_notes(4) == shares[0]
+    result = simulate(cfg, parts, test, tmp_path / "sim", score_every=3)
+    f1 = [r.test_f1 for r in result.rounds]
+    assert [i for i, x in enumerate(f1) if x == x] == [2, 5]  # NaN (unscored) elsewhere
+    assert f1[-1] > result.initial_f1 + 0.3, (result.initial_f1, f1)
+
+
+def test_local_fraction_is_validated_and_refused_with_dp(tiny_llama: Path):
+    with pytest.raises(ValueError, match=r"local-fraction 0: must be in \(0, 1\]"):
+        tiny_config(tiny_llama, local_fraction=0)
+    with pytest.raises(ValueError, match="dp with local-fraction < 1"):
+        tiny_config(tiny_llama, local_fraction=0.5, dp=True)

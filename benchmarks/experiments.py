@@ -1,0 +1,241 @@
+"""Issue 5's experiments on BC5CDR, each writing a markdown table and PNG plots to results/.
+
+    .venv/bin/python benchmarks/experiments.py a b c d e f [--train-notes N] [--rounds R]
+
+a  centralized vs federated (IID and non-IID) vs each hospital alone
+b  selected layers 2 / 4 / 8 / 16 / all: F1 against megabytes exchanged
+c  layer-skipping vs LoRA vs full-model FedAvg
+d  epsilon sweep (inf, 16, 8, 4, 1) at delta 1e-5
+e  10 rounds vs 100 rounds with a tenth of the local steps per round
+f  a hospital joining late with 5% of the data: consortium model vs training alone
+
+Hospitals run in process (`federation.simulation`: the same node and aggregation code as the
+Flower apps). Runs are stored in results/experiments.json by a key of their settings, so an
+experiment that needs a run another one made reuses it. Sizes are small for 2 cores; every
+table states them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import shlex
+import sys
+import time
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from appliance.notes import Note  # noqa: E402
+from appliance.readers import read_notes  # noqa: E402
+from benchmarks.core import machine  # noqa: E402
+from benchmarks.experiments_report import write_experiment  # noqa: E402
+from federation.config import FederationConfig  # noqa: E402
+from federation.partition import partition  # noqa: E402
+
+DATA = ROOT / "data" / "bc5cdr"
+STORE = ROOT / "benchmarks" / "results" / "experiments.json"
+LORA = {"mode": "lora", "lora_rank": 16, "lora_alpha": 32, "learning_rate": 2e-3,
+        "head_learning_rate": 2e-3}  # fmt: skip
+
+
+class Lab:
+    """Data, settings and the run store shared by the experiments of one invocation."""
+
+    def __init__(self, args: argparse.Namespace) -> None:
+        self.args = args
+        self.train = read_notes(str(DATA / "train.tsv")).notes[: args.train_notes]
+        self.test = read_notes(str(DATA / "test.tsv")).notes[: args.test_notes]
+        self.spare = read_notes(str(DATA / "train.tsv")).notes[args.train_notes :]
+        self.store: dict[str, Any] = json.loads(STORE.read_text()) if STORE.exists() else {}
+        self.store.setdefault("runs", {})
+        self.store.setdefault("experiments", {})
+        self.base = FederationConfig(rounds=args.rounds, layers="top:8", min_nodes=3)
+
+    def split(self, scheme: str) -> list[list[Note]]:
+        return partition(self.train, 3, scheme, alpha=0.5, seed=self.args.split_seed)
+
+    def save(self) -> None:
+        STORE.write_text(json.dumps(self.store, indent=2), encoding="utf-8")
+
+    def cached(self, key: str, make: Any) -> dict[str, Any]:
+        """The stored run for `key` (settings included in it), or make, store and return it."""
+        full = f"{key} | train {self.args.train_notes} test {self.args.test_notes}"
+        if full not in self.store["runs"]:
+            started = time.perf_counter()
+            print(f"running {full}", flush=True)
+            row = make()
+            row["seconds"] = round(time.perf_counter() - started, 1)
+            self.store["runs"][full] = row
+            self.save()
+            print(f"  -> {_brief(row)}", flush=True)
+        return dict(self.store["runs"][full])
+
+    def federated(self, cfg: FederationConfig, scheme: str, score_every: int = 1) -> dict[str, Any]:
+        from federation.simulation import simulate
+
+        key = f"federated {scheme} {_cfg_key(cfg)}"
+
+        def make() -> dict[str, Any]:
+            state = self.args.state_dir / "experiments" / scheme
+            result = simulate(cfg, self.split(scheme), self.test, state, None,
+                              self.args.state_dir, score_every)  # fmt: skip
+            rounds = [r for r in result.as_dict()["rounds"]]
+            return {
+                "f1_per_round": [
+                    None if math.isnan(r["test_f1"]) else r["test_f1"] for r in rounds
+                ],  # fmt: skip
+                "bytes_per_round": [
+                    sum(r["bytes_up"].values()) + sum(r["bytes_down"].values()) for r in rounds
+                ],  # fmt: skip
+                "eps_spent": max(
+                    (max(r["eps_spent"].values(), default=0.0) for r in rounds), default=0.0
+                ),  # fmt: skip
+                "declined": sum(len(r["declined"]) for r in rounds),
+            }
+
+        return self.cached(key, make)
+
+    def local(self, notes: list[Note], name: str, epochs: int, spec: str = "top:8",
+              init: dict[str, Any] | None = None) -> dict[str, Any]:  # fmt: skip
+        from benchmarks.experiments_local import train_and_score
+
+        return self.cached(
+            f"local {name} {spec} epochs {epochs}",
+            lambda: train_and_score(self.args.state_dir, spec, notes, self.test, epochs, init),
+        )
+
+
+def _cfg_key(cfg: FederationConfig) -> str:
+    default = FederationConfig()
+    changed = {k: v for k, v in vars(cfg).items() if getattr(default, k) != v}
+    return json.dumps(changed, sort_keys=True, default=str)
+
+
+def _brief(row: dict[str, Any]) -> str:
+    f1 = row.get("f1_per_round") or [row.get("f1")]
+    return f"F1 {[round(x, 3) for x in f1 if x is not None][-3:]}"
+
+
+def _final(row: dict[str, Any]) -> float:
+    scores = [x for x in row.get("f1_per_round", [row.get("f1")]) if x is not None]
+    return float(scores[-1])
+
+
+def exp_a(lab: Lab) -> dict[str, Any]:
+    rounds, rows = lab.args.rounds, []
+    central = lab.local(lab.train, "centralized", rounds)
+    rows.append({"setting": "centralized (all notes in one place)", "f1": central["f1"]})
+    for scheme in ("iid", "dirichlet"):
+        run = lab.federated(lab.base, scheme)
+        rows.append({"setting": f"federated, {scheme}", "f1": _final(run),
+                     "f1_per_round": run["f1_per_round"]})  # fmt: skip
+    for i, notes in enumerate(lab.split("dirichlet")):
+        alone = lab.local(notes, f"dirichlet-hospital-{i}", rounds)
+        rows.append({"setting": f"hospital {i} alone ({len(notes)} notes)", "f1": alone["f1"]})
+    return {"rows": rows, "centralized": central["f1"]}
+
+
+def exp_b(lab: Lab) -> dict[str, Any]:
+    rows = []
+    for spec in ("top:2", "top:4", "top:8", "top:16", "all"):
+        run = lab.federated(replace(lab.base, layers=spec), "dirichlet")
+        rows.append({"setting": spec, "f1": _final(run), "mb": sum(run["bytes_per_round"]) / 1e6,
+                     "f1_per_round": run["f1_per_round"]})  # fmt: skip
+    return {"rows": rows}
+
+
+def exp_c(lab: Lab) -> dict[str, Any]:
+    runs = {
+        "layer-skipping (top:8)": lab.base,
+        "LoRA r16 on top:8": replace(lab.base, **LORA),  # type: ignore[arg-type]
+        "full-model FedAvg": replace(lab.base, mode="full", learning_rate=1e-4),
+    }
+    rows = []
+    for name, cfg in runs.items():
+        run = lab.federated(cfg, "dirichlet")
+        rows.append({"setting": name, "f1": _final(run), "mb": sum(run["bytes_per_round"]) / 1e6,
+                     "f1_per_round": run["f1_per_round"]})  # fmt: skip
+    return {"rows": rows}
+
+
+def exp_d(lab: Lab) -> dict[str, Any]:
+    from benchmarks.experiments_local import noise_for
+
+    rows = []
+    parts = lab.split("dirichlet")
+    for eps in (math.inf, 16.0, 8.0, 4.0, 1.0):
+        cfg = replace(lab.base, **LORA)  # type: ignore[arg-type]
+        if math.isfinite(eps):
+            noise = noise_for(eps, 1e-5, min(len(p) for p in parts), cfg)
+            cfg = replace(cfg, dp=True, dp_noise_multiplier=noise,
+                          dp_epsilon_budget=eps * 1.001)  # fmt: skip
+        run = lab.federated(cfg, "dirichlet")
+        rows.append({"setting": "no DP" if math.isinf(eps) else f"epsilon {eps:g}",
+                     "target_eps": None if math.isinf(eps) else eps, "f1": _final(run),
+                     "eps_spent": run["eps_spent"], "declined": run["declined"],
+                     "noise": cfg.dp_noise_multiplier if cfg.dp else 0.0})  # fmt: skip
+    return {"rows": rows}
+
+
+def exp_e(lab: Lab) -> dict[str, Any]:
+    short = replace(lab.base, rounds=100, local_fraction=0.1)
+    rows = []
+    for name, cfg, every in (("10 rounds x 1 epoch", replace(lab.base, rounds=10), 1),
+                             ("100 rounds x 0.1 epoch", short, 10)):  # fmt: skip
+        run = lab.federated(cfg, "dirichlet", score_every=every)
+        rows.append({"setting": name, "f1": _final(run), "mb": sum(run["bytes_per_round"]) / 1e6,
+                     "f1_per_round": run["f1_per_round"]})  # fmt: skip
+    return {"rows": rows}
+
+
+def exp_f(lab: Lab) -> dict[str, Any]:
+    from benchmarks.experiments_local import consortium_arrays
+
+    newcomer = lab.spare[: max(1, lab.args.train_notes // 20)]  # 5% of the consortium's notes
+    epochs = lab.args.rounds
+    alone = lab.local(newcomer, "newcomer-5pct", epochs)
+    arrays = consortium_arrays(lab.args.state_dir, lab.base, lab.split("dirichlet"), lab.test)
+    as_is = lab.local([], "newcomer consortium model as is", 0, init=arrays)
+    tuned = lab.local(newcomer, "newcomer consortium model + local epochs", epochs, init=arrays)
+    rows = [
+        {"setting": f"newcomer alone ({len(newcomer)} notes, {epochs} epochs)", "f1": alone["f1"]},
+        {"setting": "consortium model, unchanged", "f1": as_is["f1"]},
+        {"setting": f"consortium model + {epochs} local epochs", "f1": tuned["f1"]},
+    ]
+    return {"rows": rows}
+
+
+EXPERIMENTS = {"a": exp_a, "b": exp_b, "c": exp_c, "d": exp_d, "e": exp_e, "f": exp_f}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawTextHelpFormatter
+    )
+    parser.add_argument("which", nargs="+", choices=sorted(EXPERIMENTS))
+    parser.add_argument("--train-notes", type=int, default=300, help="split over 3 hospitals")
+    parser.add_argument("--test-notes", type=int, default=200)
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--split-seed", type=int, default=7)
+    parser.add_argument("--state-dir", type=Path, default=Path("/tmp/state"))
+    args = parser.parse_args()
+    lab = Lab(args)
+    command = "python benchmarks/experiments.py " + shlex.join(sys.argv[1:])
+    for letter in args.which:
+        result = EXPERIMENTS[letter](lab)
+        settings = {k: str(v) for k, v in vars(args).items() if k != "which"}
+        result.update(
+            command=command, machine=machine(), date=time.strftime("%Y-%m-%d"), settings=settings
+        )
+        lab.store["experiments"][letter] = result
+        lab.save()
+        write_experiment(letter, result)
+
+
+if __name__ == "__main__":
+    main()

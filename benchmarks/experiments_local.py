@@ -1,0 +1,75 @@
+"""Single-site training for the experiments, on the same `HospitalNode` the federation uses.
+
+Centralized training and "each hospital alone" are one node training for E epochs, so their
+learning rates, schedule and head init are the federated nodes' own.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from appliance.notes import Note
+from federation.config import FederationConfig
+from federation.privacy import DPSGDPolicy
+
+
+def train_and_score(
+    state_dir: Path,
+    spec: str,
+    notes: Sequence[Note],
+    test: Sequence[Note],
+    epochs: int,
+    init: dict[str, np.ndarray] | None = None,
+) -> dict[str, Any]:
+    """Train `spec` on `notes` for `epochs` (from `init` if given), strict F1 on `test`."""
+    from federation.task import HospitalNode
+
+    cfg = FederationConfig(layers=spec, local_epochs=max(epochs, 1))
+    name = hashlib.sha256(f"{spec}{len(notes)}{epochs}".encode()).hexdigest()[:12]
+    node = HospitalNode.load(cfg, list(notes), state_dir / "experiments" / "local" / name,
+                             "local", bases_dir=state_dir)  # fmt: skip
+    arrays = init if init is not None else node.initial_arrays()
+    if epochs > 0 and notes:
+        update = node.train_round(arrays, 1)
+        arrays = update.payload
+    return {"f1": node.score(arrays, test)["f1"], "notes": len(notes), "epochs": epochs}
+
+
+def noise_for(epsilon: float, delta: float, windows: int, cfg: FederationConfig) -> float:
+    """DP-SGD noise multiplier so `cfg.rounds` rounds over `windows` spend at most `epsilon`."""
+    from opacus.accountants.utils import get_noise_multiplier
+
+    rate, steps = DPSGDPolicy.planned(windows, cfg.batch_size, cfg.local_epochs)
+    return float(
+        get_noise_multiplier(
+            target_epsilon=epsilon,
+            target_delta=delta,
+            sample_rate=rate,
+            steps=steps * cfg.rounds,
+            accountant="rdp",
+        )
+    )
+
+
+def consortium_arrays(
+    state_dir: Path, cfg: FederationConfig, parts: Sequence[Sequence[Note]], test: Sequence[Note]
+) -> dict[str, np.ndarray]:
+    """The global model after `cfg.rounds` federated rounds over `parts` (cached as .npz)."""
+    from federation.simulation import simulate
+
+    key = hashlib.sha256(json.dumps([repr(cfg), [len(p) for p in parts]]).encode()).hexdigest()[:16]
+    path = state_dir / "experiments" / f"consortium-{key}.npz"
+    if path.exists():
+        with np.load(path) as data:
+            return {k: data[k] for k in data.files}
+    result = simulate(cfg, parts, test, state_dir / "experiments" / "consortium",
+                      bases_dir=state_dir, score_every=cfg.rounds)  # fmt: skip
+    path.parent.mkdir(parents=True, exist_ok=True)
+    np.savez(path, **result.final_arrays)  # type: ignore[arg-type]
+    return result.final_arrays

@@ -1,0 +1,400 @@
+"""`appliance demo`: the whole product on one machine, with the embedded SmolLM2-135M.
+
+A consortium of three hospital boxes: one `flower-superlink` (TLS, SuperNode authentication),
+and per box the nightly federation daemon (`appliance federate daemon`, which runs the box's
+`flower-supernode` inside its training window) and the serving process (`appliance serve`,
+following the box's model registry). BC5CDR training sentences are split over the boxes with
+a Dirichlet label skew; each box also gets its own held-out sentences for promotion. The
+consortium runs a few rounds (LoRA on the top 8 layers, DP-SGD at each box, SecAgg+ on the
+server); after each round every box promotes the global model into its registry if it is not
+worse on its held-out notes, and serving swaps it in. Then an EHR-style client sends a sample
+note over gRPC. Everything is started as real processes and stopped at the end or on Ctrl-C.
+
+Serving and federation meet only through the registry on disk: this module starts serving as
+a process and talks to it through its CLI and its metrics endpoint, never by import.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+from collections import Counter
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+from appliance.config import ModelConfig
+from appliance.demo import DATA, SAMPLE_NOTE
+from appliance.readers import read_notes
+from appliance.registry import ModelRegistry
+from appliance.writers import write_conll
+from federation.config import FederationConfig
+from federation.daemon_config import toml_value
+from federation.demo_progress import Progress, say
+from federation.deploy import Consortium, RunResult, free_port, make_certificates
+from federation.partition import dominant_label, partition
+
+HOSPITALS = ("hospital-a", "hospital-b", "hospital-c")
+
+
+@dataclass(frozen=True)
+class DemoPlan:
+    """How big the demo is: sentences per box, rounds, and the consortium's run config."""
+
+    train_notes: int  # BC5CDR train sentences, split over the boxes (Dirichlet, alpha 0.5)
+    heldout_notes: int  # BC5CDR devel sentences per box: promotion is decided on these
+    federation: FederationConfig
+    backend: str = "onnx-int8"  # the serving backend of every box
+    split_seed: int = 7  # seeds the Dirichlet split (7: three similar sizes, skewed labels)
+
+    @property
+    def rounds(self) -> int:
+        return self.federation.rounds
+
+
+# LoRA r16 on the top 8 layers (the best federated setting in benchmarks/results/federation.md)
+# and SecAgg+ on the server; all 3 boxes must answer each round.
+_CONSORTIUM = FederationConfig(
+    mode="lora",
+    layers="top:8",
+    lora_rank=16,
+    lora_alpha=32,
+    learning_rate=2e-3,
+    head_learning_rate=2e-3,
+    min_nodes=3,
+    round_timeout_s=900.0,
+    secagg=True,
+    secagg_shares=3,
+    secagg_threshold=2,
+)
+# `--dp`: sample-level DP-SGD at every box. At ~300 sentences a box it costs most of the F1
+# (measured on one box, 2 epochs: F1 0.58 without, 0.26 / 0.17 with noise 0.5 / 0.7 at epsilon
+# 15 / 9; see README); clipped gradients need a 15x learning rate and bigger batches to move.
+DP = {
+    "dp": True,
+    "dp_noise_multiplier": 0.7,
+    "dp_max_grad_norm": 1.0,
+    "dp_epsilon_budget": 16.0,
+    "batch_size": 32,
+    "learning_rate": 3e-2,
+    "head_learning_rate": 3e-2,
+}
+FULL = DemoPlan(train_notes=900, heldout_notes=100, federation=replace(_CONSORTIUM, rounds=3))
+# A smoke run: one round on 4 layers with a higher learning rate, and torch-fp32 serving (the
+# ONNX export of a new version takes ~40 s per box on 2 cores).
+QUICK = DemoPlan(
+    train_notes=300,
+    heldout_notes=30,
+    federation=replace(
+        _CONSORTIUM,
+        rounds=1,
+        layers="top:4",
+        lora_rank=8,
+        lora_alpha=16,
+        learning_rate=5e-3,
+        head_learning_rate=5e-3,
+    ),
+    backend="torch-fp32",
+    split_seed=13,
+)
+
+
+def make_plan(
+    quick: bool, rounds: int | None = None, backend: str | None = None, dp: bool = False
+) -> DemoPlan:
+    plan = QUICK if quick else FULL
+    federation = plan.federation
+    if rounds is not None:
+        federation = replace(federation, rounds=rounds)
+    if dp:
+        federation = replace(federation, **DP)  # type: ignore[arg-type]
+    return replace(plan, federation=federation, backend=backend or plan.backend)
+
+
+@dataclass
+class Box:
+    """One hospital box: its files under the demo folder and its local ports."""
+
+    name: str
+    root: Path
+    serving_port: int = field(default_factory=free_port)
+    serving_metrics: int = field(default_factory=free_port)
+    daemon_metrics: int = field(default_factory=free_port)
+    runtime_port: int = field(default_factory=free_port)
+
+    @property
+    def registry(self) -> Path:
+        return self.root / "registry"
+
+    @property
+    def journal(self) -> Path:
+        return self.root / "federation" / "journal.jsonl"
+
+    def served_version(self) -> str | None:
+        """The version serving reports on its Prometheus endpoint (None: not up or no model)."""
+        url = f"http://127.0.0.1:{self.serving_metrics}/metrics"
+        try:
+            with urllib.request.urlopen(url, timeout=2) as reply:  # noqa: S310 - loopback
+                text = reply.read().decode("utf-8")
+        except OSError:
+            return None
+        match = re.search(r'appliance_ner_model_info\{[^}]*version="([^"]+)"', text)
+        return match.group(1) if match else None
+
+
+def one_core_each() -> dict[str, str]:
+    """Three boxes share this machine's cores: one thread per process, or torch's and ONNX
+    Runtime's spinning thread pools oversubscribe the cores (the quick demo's round trained in
+    70 s with the default pools, 22 s with one thread each)."""
+    return {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+
+
+def _interrupt(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt(signal.Signals(signum).name)
+
+
+def _interrupt_on_signals() -> dict[int, Any]:
+    """Ctrl-C and SIGTERM stop the demo and everything it started, even where the demo was
+    launched with SIGINT ignored (a background job of a non-interactive shell)."""
+    if threading.current_thread() is not threading.main_thread():
+        return {}
+    return {sig: signal.signal(sig, _interrupt) for sig in (signal.SIGINT, signal.SIGTERM)}
+
+
+def _restore(previous: dict[int, Any]) -> None:
+    for sig, handler in previous.items():
+        signal.signal(sig, handler)
+
+
+def training_window(now: dt.datetime, hours: int = 2) -> str:
+    """A window that opened a minute ago and stays open long enough for the demo."""
+    start, end = now - dt.timedelta(minutes=1), now + dt.timedelta(hours=hours)
+    return f"{start:%H:%M}-{end:%H:%M}"
+
+
+class ConsortiumDemo:
+    """Prepare the boxes, start every process, run the rounds, call serving, stop everything."""
+
+    def __init__(self, plan: DemoPlan, workdir: Path, state_dir: Path) -> None:
+        self.plan, self.workdir, self.state_dir = plan, workdir, state_dir
+        self.boxes = [Box(name, workdir / name) for name in HOSPITALS]
+        self.consortium: Consortium | None = None
+        self.progress = Progress(self.boxes, plan.rounds, plan.federation.dp_delta)
+
+    def run(self) -> dict[str, Any]:
+        started = time.monotonic()
+        previous = _interrupt_on_signals()
+        try:
+            self._prepare()
+            self._start()
+            result = self._rounds()
+            if not result.ok:
+                raise RuntimeError(
+                    f"the consortium run did not complete ({result.status}); "
+                    f"logs are in {self.workdir}"
+                )
+            entities = self._annotate()
+        finally:
+            for sig in previous:  # a second Ctrl-C must not cut the clean-up short
+                signal.signal(sig, signal.SIG_IGN)
+            say("stopping every process the demo started")
+            if self.consortium is not None:
+                self.consortium.stop()
+            _restore(previous)
+        summary = self.progress.summary(entities, time.monotonic() - started)
+        (self.workdir / "summary.json").write_text(json.dumps(summary, indent=2), "utf-8")
+        return summary
+
+    # -- preparation -------------------------------------------------------------------------
+
+    def _prepare(self) -> None:
+        from appliance.model import load_model
+
+        say(f"demo folder {self.workdir}; the embedded SmolLM2-135M (30 layers)")
+        say("materializing the base once for every process (first run: GGUF -> fp32, ~40 s)")
+        loaded = load_model(ModelConfig(base=self.plan.federation.base), ("Chemical", "Disease"),
+                            self.state_dir, "head")  # fmt: skip
+        self.progress.full_model_bytes = sum(p.numel() * 4 for p in loaded.model.parameters())
+        train = read_notes(str(DATA / "train.tsv")).notes[: self.plan.train_notes]
+        devel = read_notes(str(DATA / "devel.tsv")).notes
+        seed = self.plan.split_seed
+        shards = partition(train, len(self.boxes), "dirichlet", alpha=0.5, seed=seed)
+        for i, (box, notes) in enumerate(zip(self.boxes, shards, strict=True)):
+            held = devel[i * self.plan.heldout_notes : (i + 1) * self.plan.heldout_notes]
+            write_conll(notes, box.root / "notes.tsv")
+            write_conll(held, box.root / "heldout.tsv")
+            mix = Counter(dominant_label(n) for n in notes)
+            share = ", ".join(f"{k} {v / len(notes):.0%}" for k, v in mix.most_common())
+            say(
+                f"{box.name}: {len(notes)} annotated BC5CDR sentences (by dominant entity "
+                f"type: {share}), {len(held)} held out"
+            )
+
+    def _start(self) -> None:
+        certs = make_certificates(self.workdir / "certs", [b.name for b in self.boxes])
+        consortium = Consortium(self.workdir / "superlink", certs, server_state=self.state_dir)
+        self.consortium = consortium
+        consortium.start_superlink()
+        say(f"SuperLink up on 127.0.0.1:{consortium.port} (TLS, SuperNode authentication)")
+        appliance = str(Path(sys.executable).with_name("appliance"))
+        window = training_window(dt.datetime.now().astimezone())
+        for box in self.boxes:
+            consortium.register(box.name)
+            daemon = self._daemon_config(box, certs, window)
+            command = [appliance, "federate", "daemon", "--config", str(daemon)]
+            consortium.spawn(f"{box.name}-daemon", command, one_core_each())
+            command = [appliance, "serve", "--config", str(self._serving_config(box))]
+            consortium.spawn(f"{box.name}-serving", command, one_core_each())
+            say(
+                f"{box.name}: federation daemon (window {window}, metrics :{box.daemon_metrics}),"
+                f" serving {self.plan.backend} on :{box.serving_port} "
+                f"(metrics :{box.serving_metrics})"
+            )
+        self._await_nodes(consortium)
+
+    def _daemon_config(self, box: Box, certs: dict[str, Path], window: str) -> Path:
+        assert self.consortium is not None
+        values = {
+            "hospital": box.name,
+            "superlink": f"127.0.0.1:{self.consortium.port}",
+            "root_certificates": str(certs["ca"]),
+            "auth_private_key": str(certs[f"{box.name}.key"]),
+            "notes": str(box.root / "notes.tsv"),
+            "heldout": str(box.root / "heldout.tsv"),
+            "state_dir": str(box.root / "federation"),
+            "registry": str(box.registry),
+            "window": window,
+            "tolerance": 0.01,
+            "runtime_port": box.runtime_port,
+            "metrics_port": box.daemon_metrics,
+            "poll_s": 1.0,
+        }
+        lines = ["[daemon]", *(f"{k} = {toml_value(v)}" for k, v in values.items())]
+        lines += ["", "[daemon.node_config]", f'"bases-dir" = {toml_value(str(self.state_dir))}']
+        path = box.root / "daemon.toml"
+        path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+        return path
+
+    def _serving_config(self, box: Box) -> Path:
+        values = {
+            "registry": str(box.registry),
+            "backend": self.plan.backend,
+            "state_dir": str(self.state_dir),
+            "port": box.serving_port,
+            "metrics_port": box.serving_metrics,
+            "watch_interval_s": 1.0,
+            "threads": 1,
+        }
+        path = box.root / "serving.toml"
+        lines = ["[serving]", *(f"{k} = {toml_value(v)}" for k, v in values.items())]
+        path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+        return path
+
+    def _await_nodes(self, consortium: Consortium, timeout: float = 180.0) -> None:
+        deadline, online = time.monotonic() + timeout, 0
+        while time.monotonic() < deadline:
+            consortium.check_alive()
+            listed = consortium.flwr("supernode", "ls", "consortium", "--format", "json")
+            try:
+                nodes = json.loads(listed.stdout or "{}").get("nodes", [])
+            except ValueError:
+                nodes = []
+            online = sum(1 for n in nodes if n.get("status") == "online")
+            if online == len(self.boxes):
+                say(f"{online}/{len(self.boxes)} SuperNodes online")
+                return
+            time.sleep(2)
+        raise TimeoutError(f"only {online} SuperNodes came online; see {self.workdir}")
+
+    # -- rounds, promotion, serving ----------------------------------------------------------
+
+    def _rounds(self) -> RunResult:
+        assert self.consortium is not None
+        cfg = self.plan.federation
+        privacy = "DP-SGD off (--dp turns it on)"
+        if cfg.dp:
+            privacy = (
+                f"DP-SGD (noise {cfg.dp_noise_multiplier}, budget epsilon "
+                f"{cfg.dp_epsilon_budget:g} at delta {cfg.dp_delta:g})"
+            )
+        say(
+            f"{cfg.rounds} round(s): LoRA r{cfg.lora_rank} on {cfg.layers}, SecAgg+ "
+            f"({cfg.secagg_shares} shares), {privacy}"
+        )
+        outcome: list[RunResult] = []
+        runner = threading.Thread(
+            target=lambda: outcome.append(self.consortium.run(cfg, timeout=3600)),  # type: ignore[union-attr]
+            daemon=True,
+        )
+        runner.start()
+        while runner.is_alive():
+            self.progress.poll()
+            self.consortium.check_alive()
+            runner.join(timeout=2.0)
+        self.progress.poll()
+        return outcome[0]
+
+    def _annotate(self) -> list[dict[str, Any]]:
+        box = self.boxes[0]
+        current = ModelRegistry(box.registry).current()
+        if current is None:
+            raise RuntimeError(f"{box.name} promoted no model; see {box.journal}")
+        say(f"waiting for {box.name}'s serving to swap in {current.version}")
+        deadline = time.monotonic() + 600
+        while box.served_version() != current.version:
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"serving did not load {current.version}; see {self.workdir}")
+            assert self.consortium is not None
+            self.consortium.check_alive()
+            time.sleep(1)
+        say(f"an EHR client sends a sample note to {box.name} over gRPC (127.0.0.1:"
+            f"{box.serving_port})")  # fmt: skip
+        appliance = str(Path(sys.executable).with_name("appliance"))
+        done = subprocess.run(
+            [
+                appliance,
+                "annotate",
+                "--remote",
+                f"127.0.0.1:{box.serving_port}",
+                "--text",
+                SAMPLE_NOTE,
+            ],  # fmt: skip
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
+        )
+        if done.returncode != 0:
+            raise RuntimeError(f"the gRPC call failed: {done.stderr.strip()[-500:]}")
+        entities: list[dict[str, Any]] = json.loads(done.stdout)
+        self.progress.show_note(SAMPLE_NOTE, entities, current.version)
+        return entities
+
+
+def run_demo(args: Any) -> dict[str, Any] | None:
+    """`appliance demo` (registered by federation.cli); `--single-box` runs the core's demo."""
+    from appliance.config import ApplianceConfig
+
+    if getattr(args, "single_box", False):
+        from appliance import commands
+
+        return commands.demo(args)  # type: ignore[no-any-return]
+    state_dir = Path(ApplianceConfig(state_dir=args.state_dir or "").state_dir)
+    plan = make_plan(args.quick, args.rounds, args.backend, args.dp)
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    workdir = Path(args.workdir) if args.workdir else state_dir / "demo" / stamp
+    workdir.mkdir(parents=True, exist_ok=True)
+    ConsortiumDemo(plan, workdir, state_dir).run()  # on failure the folder stays, with logs
+    if args.keep:
+        say(f"kept {workdir} (logs, registries, summary.json)")
+    else:
+        shutil.rmtree(workdir, ignore_errors=True)
+    return None

@@ -1,0 +1,140 @@
+"""The README's main job, `appliance demo`, end to end on the tiny Llama: real SuperLink,
+three daemons with their SuperNodes, three serving processes, rounds with DP and SecAgg+,
+promotion into serving, the gRPC call; then nothing it started is left running, also after
+Ctrl-C. Slow (minutes): every ClientApp message starts a process.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+
+from appliance.registry import ModelRegistry
+from federation.demo import ConsortiumDemo, DemoPlan, make_plan, training_window
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def tiny_plan(base: Path, rounds: int) -> DemoPlan:
+    """The full demo's consortium (LoRA, DP-SGD, SecAgg+) on the tiny Llama and ~20 notes a box."""
+    federation = replace(
+        make_plan(quick=False, dp=True).federation,
+        base=str(base),
+        layers="top:2",
+        lora_rank=4,
+        lora_alpha=8,
+        rounds=rounds,
+        batch_size=8,
+        dp_noise_multiplier=2.0,
+        dp_epsilon_budget=50.0,
+    )
+    return DemoPlan(60, 15, federation, backend="torch-fp32", split_seed=13)
+
+
+def processes_of(folder: Path) -> list[int]:
+    """Pids whose environment names `folder` (every process the demo starts inherits it)."""
+    marker = str(folder).encode()
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit() or int(entry.name) == os.getpid():
+            continue
+        try:
+            if marker in (entry / "environ").read_bytes():
+                found.append(int(entry.name))
+        except OSError:
+            continue
+    return found
+
+
+def wait_gone(folder: Path, timeout: float = 60.0) -> list[int]:
+    deadline = time.monotonic() + timeout
+    while (left := processes_of(folder)) and time.monotonic() < deadline:
+        time.sleep(1)
+    return left
+
+
+@pytest.mark.timeout(900)
+def test_demo_trains_promotes_serves_and_stops_everything(
+    tiny_llama: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys
+):
+    work, state = tmp_path / "demo", tmp_path / "state"
+    monkeypatch.setenv("APPLIANCE_DEMO_MARKER", str(work))  # inherited: finds stragglers
+    demo = ConsortiumDemo(tiny_plan(tiny_llama, rounds=2), work, state)
+    summary = demo.run()
+    out = capsys.readouterr().out
+    assert [row["round"] for row in summary["rounds"]] == [1, 2]
+    for row in summary["rounds"]:
+        assert set(row["f1"]) == {"hospital-a", "hospital-b", "hospital-c"}, out
+        assert all(0.0 <= f1 <= 1.0 for f1 in row["f1"].values())
+        assert row["bytes"] > 0
+    assert set(summary["epsilon_spent"]) == {"hospital-a", "hospital-b", "hospital-c"}
+    assert all(0 < eps <= 50.0 for eps in summary["epsilon_spent"].values())
+    assert isinstance(summary["entities"], list)
+    registry = ModelRegistry(work / "hospital-a" / "registry")
+    assert [v.split("-", 1)[1] for v in registry.versions()] == ["round-1", "round-2"]
+    current = registry.current()  # round 2's, or round 1's if round 2 scored worse
+    assert current is not None
+    assert f"entities found by model version {current.version}" in out
+    assert "rounds (strict entity F1" in out and "privacy spent" in out
+    assert json.loads((work / "summary.json").read_text())["rounds"] == json.loads(
+        json.dumps(summary["rounds"])
+    )
+    assert demo.consortium is not None and not demo.consortium.processes
+    assert wait_gone(work) == []
+
+
+_RUN = """
+import sys
+from pathlib import Path
+from federation.demo import ConsortiumDemo
+from tests.federation.test_demo import tiny_plan
+ConsortiumDemo(tiny_plan(Path(sys.argv[1]), rounds=50), Path(sys.argv[2]), Path(sys.argv[3])).run()
+"""
+
+
+@pytest.mark.timeout(600)
+def test_ctrl_c_stops_every_process_the_demo_started(tiny_llama: Path, tmp_path: Path):
+    work = tmp_path / "demo"
+    args = [str(tiny_llama), str(work), str(tmp_path / "state")]
+    env = {**os.environ, "APPLIANCE_DEMO_MARKER": str(work)}
+    proc = subprocess.Popen(
+        [sys.executable, "-c", _RUN, *args],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    lines = []
+    assert proc.stdout is not None
+    for line in proc.stdout:
+        lines.append(line)
+        if "training on its own notes" in line:
+            break
+    assert len(processes_of(work)) >= 8, "".join(lines)  # link, daemons, nodes, serving, run
+    proc.send_signal(signal.SIGINT)
+    rest, _ = proc.communicate(timeout=120)
+    assert proc.returncode != 0
+    assert "stopping every process the demo started" in rest
+    assert wait_gone(work) == [], "".join(lines) + rest
+
+
+def test_plans_and_window():
+    quick = make_plan(quick=True)
+    assert quick.rounds == 1 and quick.backend == "torch-fp32"
+    full = make_plan(quick=False, rounds=5, backend="onnx-int4")
+    assert full.rounds == 5 and full.backend == "onnx-int4"
+    assert full.federation.secagg and full.federation.min_nodes == 3 and not full.federation.dp
+    private = make_plan(quick=False, dp=True).federation
+    assert private.dp and private.dp_epsilon_budget == 16.0 and private.secagg
+    import datetime as dt
+
+    assert training_window(dt.datetime(2026, 1, 1, 23, 30)) == "23:29-01:30"
