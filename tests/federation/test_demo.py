@@ -6,6 +6,7 @@ Ctrl-C. Slow (minutes): every ClientApp message starts a process.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -114,17 +115,23 @@ def test_ctrl_c_stops_every_process_the_demo_started(tiny_llama: Path, tmp_path:
         text=True,
     )
     lines = []
-    assert proc.stdout is not None
-    for line in proc.stdout:
-        lines.append(line)
-        if "training on its own notes" in line:
-            break
-    assert len(processes_of(work)) >= 8, "".join(lines)  # link, daemons, nodes, serving, run
-    proc.send_signal(signal.SIGINT)
-    rest, _ = proc.communicate(timeout=120)
-    assert proc.returncode != 0
-    assert "stopping every process the demo started" in rest
-    assert wait_gone(work) == [], "".join(lines) + rest
+    try:
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            lines.append(line)
+            if "training on its own notes" in line:
+                break
+        assert len(processes_of(work)) >= 8, "".join(lines)  # link, daemons, nodes, serving
+        proc.send_signal(signal.SIGINT)
+        rest, _ = proc.communicate(timeout=120)
+        assert proc.returncode != 0
+        assert "stopping every process the demo started" in rest
+        assert wait_gone(work) == [], "".join(lines) + rest
+    finally:  # a failed run must not leave a consortium running behind the test suite
+        proc.kill()
+        for pid in processes_of(work):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
 
 
 def test_plans_and_window():
