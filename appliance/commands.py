@@ -16,7 +16,7 @@ from appliance.layers import LayerSelection
 from appliance.model import describe, load_model
 from appliance.notes import Note, NotesError, ReadResult
 from appliance.package import load_packaged_model, read_package, save_package
-from appliance.readers import read_notes
+from appliance.readers import read_notes, read_text_file
 from appliance.training import Trainer
 
 
@@ -150,18 +150,6 @@ def evaluate(args: argparse.Namespace) -> dict[str, Any]:
         "seconds": round(time.perf_counter() - started, 2),
         **metrics,
     }
-
-
-def read_text_file(path: Path) -> str:
-    try:
-        raw = path.read_bytes()
-    except OSError as err:
-        raise NotesError(str(path), 0, f"cannot read: {err.strerror}") from err
-    try:
-        return raw.decode("utf-8")
-    except UnicodeDecodeError as err:
-        line = raw[: err.start].count(b"\n") + 1
-        raise NotesError(str(path), line, f"not valid UTF-8 (byte {err.start})") from err
 
 
 def annotate(args: argparse.Namespace) -> list[dict[str, Any]]:

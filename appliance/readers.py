@@ -339,3 +339,16 @@ def read_notes(
     kind = detect_format(path) if fmt == "auto" else fmt
     readers = {"conll": read_conll, "brat": read_brat, "jsonl": read_jsonl}
     return readers[kind](path, labels, skip_bad)
+
+
+def read_text_file(path: Path) -> str:
+    """One note's text from a UTF-8 file; errors name the file and the line."""
+    try:
+        raw = path.read_bytes()
+    except OSError as err:
+        raise NotesError(str(path), 0, f"cannot read: {err.strerror}") from err
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as err:
+        line = raw[: err.start].count(b"\n") + 1
+        raise NotesError(str(path), line, f"not valid UTF-8 (byte {err.start})") from err

@@ -75,14 +75,15 @@ def serve_command(args: argparse.Namespace) -> None:
 
 
 def annotate_command(args: argparse.Namespace) -> Any:
-    from appliance import commands
     from appliance.cli import CommandError
 
     if args.remote is None:
         if args.package is None:
             raise CommandError("annotate: give --package (local) or --remote HOST:PORT")
+        from appliance import commands  # torch: only for local annotation
+
         return commands.annotate(args)
-    from appliance.commands import read_text_file
+    from appliance.readers import read_text_file
     from serving.client import NerClient
 
     text = args.text if args.text is not None else read_text_file(args.file)
