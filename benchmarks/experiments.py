@@ -217,13 +217,22 @@ def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawTextHelpFormatter
     )
-    parser.add_argument("which", nargs="+", choices=sorted(EXPERIMENTS))
+    parser.add_argument("which", nargs="*", help=f"experiments to run: {' '.join(EXPERIMENTS)}")
+    parser.add_argument("--render", action="store_true", help="only rewrite stored results")
     parser.add_argument("--train-notes", type=int, default=300, help="split over 3 hospitals")
     parser.add_argument("--test-notes", type=int, default=200)
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--split-seed", type=int, default=7)
     parser.add_argument("--state-dir", type=Path, default=Path("/tmp/state"))
     args = parser.parse_args()
+    unknown = sorted(set(args.which) - set(EXPERIMENTS))
+    if unknown or not (args.which or args.render):
+        parser.error(f"choose experiments from {' '.join(EXPERIMENTS)} (got {unknown or 'none'})")
+    if args.render:
+        stored = json.loads(STORE.read_text())["experiments"] if STORE.exists() else {}
+        for letter, result in sorted(stored.items()):
+            write_experiment(letter, result)
+        return
     lab = Lab(args)
     command = "python benchmarks/experiments.py " + shlex.join(sys.argv[1:])
     for letter in args.which:

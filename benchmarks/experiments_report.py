@@ -33,7 +33,12 @@ def _table(rows: list[dict[str, Any]]) -> list[str]:
         cells = []
         for c in columns:
             value = row.get(c)
-            cells.append(f"{value:.4g}" if isinstance(value, float) else str(value or "-"))
+            if c == "mb" and isinstance(value, float):
+                cells.append(f"{value:,.1f}")
+            elif isinstance(value, float):
+                cells.append(f"{value:.4f}" if c == "f1" else f"{value:.4g}")
+            else:
+                cells.append("-" if value is None else str(value))
         out.append("| " + " | ".join(cells) + " |")
     per_round = [r for r in rows if r.get("f1_per_round")]
     if per_round:
@@ -71,6 +76,7 @@ def _plot(letter: str, result: dict[str, Any], path: Path) -> None:
         ax.set_xlabel("strict entity F1 on BC5CDR test sentences")
     if letter != "a" and letter != "f":
         ax.set_ylabel("strict entity F1")
+        ax.set_ylim(bottom=0, top=max(0.1, ax.get_ylim()[1]))  # differences at their true scale
     ax.set_title(TITLES[letter], fontsize=10)
     ax.grid(alpha=0.3)
     fig.tight_layout()
