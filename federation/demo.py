@@ -88,11 +88,11 @@ DP = {
     "head_learning_rate": 3e-2,
 }
 FULL = DemoPlan(train_notes=900, heldout_notes=100, federation=replace(_CONSORTIUM, rounds=3))
-# A smoke run: one round on 4 layers with a higher learning rate, and torch-fp32 serving (the
-# ONNX export of a new version takes ~40 s per box on 2 cores).
+# A smoke run: one round on 4 layers with a higher learning rate, plain FedAvg, and torch-fp32
+# serving (the ONNX export of a new version takes ~40 s per box on 2 cores).
 QUICK = DemoPlan(
-    train_notes=300,
-    heldout_notes=30,
+    train_notes=240,
+    heldout_notes=20,
     federation=replace(
         _CONSORTIUM,
         rounds=1,
@@ -101,6 +101,7 @@ QUICK = DemoPlan(
         lora_alpha=16,
         learning_rate=5e-3,
         head_learning_rate=5e-3,
+        secagg=False,  # its three extra message stages cost ~20 s of a 3-minute budget
     ),
     backend="torch-fp32",
     split_seed=13,
@@ -193,8 +194,13 @@ class ConsortiumDemo:
         started = time.monotonic()
         previous = _interrupt_on_signals()
         try:
-            self._prepare()
+            self._shards()
+            base = threading.Thread(target=self._materialize, daemon=True)
+            base.start()  # one core dequantizes while the other starts the processes
             self._start()
+            base.join()
+            if self.progress.full_model_bytes == 0:
+                raise RuntimeError(f"the base model did not load; see {self.workdir}")
             result = self._rounds()
             if not result.ok:
                 raise RuntimeError(
@@ -215,14 +221,23 @@ class ConsortiumDemo:
 
     # -- preparation -------------------------------------------------------------------------
 
-    def _prepare(self) -> None:
+    def _materialize(self) -> None:
+        """Load the base once, so every process finds it as fp32 safetensors (a GGUF is
+        dequantized on the first run, ~20-40 s); the SuperNodes need it only when a round starts."""
         from appliance.model import load_model
 
-        say(f"demo folder {self.workdir}; the embedded SmolLM2-135M (30 layers)")
-        say("materializing the base once for every process (first run: GGUF -> fp32, ~40 s)")
-        loaded = load_model(ModelConfig(base=self.plan.federation.base), ("Chemical", "Disease"),
-                            self.state_dir, "head")  # fmt: skip
+        say("materializing the base once for every process (first run: GGUF -> fp32)")
+        try:
+            loaded = load_model(ModelConfig(base=self.plan.federation.base),
+                                ("Chemical", "Disease"), self.state_dir, "head")  # fmt: skip
+        except Exception as err:  # reported by run(), which checks the byte count
+            say(f"the base model did not load: {err}")
+            return
         self.progress.full_model_bytes = sum(p.numel() * 4 for p in loaded.model.parameters())
+        say("base ready")
+
+    def _shards(self) -> None:
+        say(f"demo folder {self.workdir}; the embedded SmolLM2-135M (30 layers)")
         train = read_notes(str(DATA / "train.tsv")).notes[: self.plan.train_notes]
         devel = read_notes(str(DATA / "devel.tsv")).notes
         seed = self.plan.split_seed
@@ -325,10 +340,8 @@ class ConsortiumDemo:
                 f"DP-SGD (noise {cfg.dp_noise_multiplier}, budget epsilon "
                 f"{cfg.dp_epsilon_budget:g} at delta {cfg.dp_delta:g})"
             )
-        say(
-            f"{cfg.rounds} round(s): LoRA r{cfg.lora_rank} on {cfg.layers}, SecAgg+ "
-            f"({cfg.secagg_shares} shares), {privacy}"
-        )
+        secure = f"SecAgg+ ({cfg.secagg_shares} shares)" if cfg.secagg else "plain FedAvg"
+        say(f"{cfg.rounds} round(s): LoRA r{cfg.lora_rank} on {cfg.layers}, {secure}, {privacy}")
         outcome: list[RunResult] = []
         runner = threading.Thread(
             target=lambda: outcome.append(self.consortium.run(cfg, timeout=3600)),  # type: ignore[union-attr]

@@ -312,17 +312,27 @@ class Consortium:
         return status
 
     def stop(self, name: str | None = None) -> None:
-        """SIGTERM each process group (newest first), SIGKILL after 20 s; then end what they
-        started in sessions of their own (the SuperLink's ServerApp) and did not stop."""
-        names = [name] if name else list(reversed(self.processes))
+        """Stop one process, or all: everything else at once, then the SuperLink last (so the
+        SuperNodes can sign off from it)."""
+        if name is not None:
+            return self._stop([name])
+        self._stop([key for key in reversed(self.processes) if key != "superlink"])
+        self._stop(["superlink"])
+
+    def _stop(self, names: list[str]) -> None:
+        """SIGTERM the process groups of `names` at once, SIGKILL what is left after 20 s; then
+        end what they started in sessions of their own (the ServerApp) and did not stop."""
+        stopping = []
         for key in names:
             proc = self.processes.pop(key, None)
             if proc is None or proc.poll() is not None:
                 continue
-            children = _descendants(proc.pid)
+            stopping.append((proc, _descendants(proc.pid)))
             os.killpg(proc.pid, signal.SIGTERM)
+        deadline = time.monotonic() + 20
+        for proc, children in stopping:
             try:
-                proc.wait(timeout=20)
+                proc.wait(timeout=max(0.1, deadline - time.monotonic()))
             except subprocess.TimeoutExpired:
                 os.killpg(proc.pid, signal.SIGKILL)
                 proc.wait()
