@@ -27,7 +27,7 @@ import threading
 import time
 import urllib.request
 from collections import Counter
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -36,88 +36,13 @@ from appliance.demo import DATA, SAMPLE_NOTE
 from appliance.readers import read_notes
 from appliance.registry import ModelRegistry
 from appliance.writers import write_conll
-from federation.config import FederationConfig
 from federation.daemon_config import toml_value
+from federation.demo_plan import DemoPlan, make_plan
 from federation.demo_progress import Progress, say
 from federation.deploy import Consortium, RunResult, free_port, make_certificates
 from federation.partition import dominant_label, partition
 
 HOSPITALS = ("hospital-a", "hospital-b", "hospital-c")
-
-
-@dataclass(frozen=True)
-class DemoPlan:
-    """How big the demo is: sentences per box, rounds, and the consortium's run config."""
-
-    train_notes: int  # BC5CDR train sentences, split over the boxes (Dirichlet, alpha 0.5)
-    heldout_notes: int  # BC5CDR devel sentences per box: promotion is decided on these
-    federation: FederationConfig
-    backend: str = "onnx-int8"  # the serving backend of every box
-    split_seed: int = 7  # seeds the Dirichlet split (7: three similar sizes, skewed labels)
-
-    @property
-    def rounds(self) -> int:
-        return self.federation.rounds
-
-
-# LoRA r16 on the top 8 layers (the best federated setting in benchmarks/results/federation.md)
-# and SecAgg+ on the server; all 3 boxes must answer each round.
-_CONSORTIUM = FederationConfig(
-    mode="lora",
-    layers="top:8",
-    lora_rank=16,
-    lora_alpha=32,
-    learning_rate=2e-3,
-    head_learning_rate=2e-3,
-    min_nodes=3,
-    round_timeout_s=900.0,
-    secagg=True,
-    secagg_shares=3,
-    secagg_threshold=2,
-)
-# `--dp`: sample-level DP-SGD at every box. At ~300 sentences a box it costs most of the F1
-# (measured on one box, 2 epochs: F1 0.58 without, 0.26 / 0.17 with noise 0.5 / 0.7 at epsilon
-# 15 / 9; see README); clipped gradients need a 15x learning rate and bigger batches to move.
-DP = {
-    "dp": True,
-    "dp_noise_multiplier": 0.7,
-    "dp_max_grad_norm": 1.0,
-    "dp_epsilon_budget": 16.0,
-    "batch_size": 32,
-    "learning_rate": 3e-2,
-    "head_learning_rate": 3e-2,
-}
-FULL = DemoPlan(train_notes=900, heldout_notes=100, federation=replace(_CONSORTIUM, rounds=3))
-# A smoke run: one round on 4 layers with a higher learning rate, plain FedAvg, and torch-fp32
-# serving (the ONNX export of a new version takes ~40 s per box on 2 cores).
-QUICK = DemoPlan(
-    train_notes=240,
-    heldout_notes=20,
-    federation=replace(
-        _CONSORTIUM,
-        rounds=1,
-        layers="top:4",
-        lora_rank=8,
-        lora_alpha=16,
-        learning_rate=5e-3,
-        head_learning_rate=5e-3,
-        secagg=False,  # its three extra message stages cost ~20 s of a 3-minute budget
-    ),
-    backend="torch-fp32",
-    split_seed=13,
-)
-
-
-def make_plan(
-    quick: bool, rounds: int | None = None, backend: str | None = None, dp: bool = False
-) -> DemoPlan:
-    plan = QUICK if quick else FULL
-    federation = plan.federation
-    if rounds is not None:
-        federation = replace(federation, rounds=rounds)
-    if dp:
-        federation = replace(federation, **DP)  # type: ignore[arg-type]
-    return replace(plan, federation=federation, backend=backend or plan.backend)
 
 
 @dataclass
