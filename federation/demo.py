@@ -5,9 +5,9 @@ and per box the nightly federation daemon (`appliance federate daemon`, which ru
 `flower-supernode` inside its training window) and the serving process (`appliance serve`,
 following the box's model registry). BC5CDR training sentences are split over the boxes with
 a Dirichlet label skew; each box also gets its own held-out sentences for promotion. The
-consortium runs a few rounds (LoRA on the top 8 layers, DP-SGD at each box, SecAgg+ on the
-server); after each round every box promotes the global model into its registry if it is not
-worse on its held-out notes, and serving swaps it in. Then an EHR-style client sends a sample
+consortium runs a few rounds (LoRA on the top 8 layers, SecAgg+ on the server, DP-SGD at each
+box with `--dp`); after each round every box promotes the global model into its registry if it
+is not worse on its held-out notes, and serving swaps it in. Then an EHR-style client sends a sample
 note over gRPC. Everything is started as real processes and stopped at the end or on Ctrl-C.
 
 Serving and federation meet only through the registry on disk: this module starts serving as
@@ -74,6 +74,20 @@ class Box:
             return None
         match = re.search(r'appliance_ner_model_info\{[^}]*version="([^"]+)"', text)
         return match.group(1) if match else None
+
+
+def _write_toml(path: Path, tables: dict[str, dict[str, Any]]) -> Path:
+    """A config file of flat tables (keys are written as given, values TOML-quoted)."""
+    lines = []
+    for table, values in tables.items():
+        lines += [f"[{table}]", *(f"{k} = {toml_value(v)}" for k, v in values.items()), ""]
+    path.write_text("\n".join(lines), encoding="utf-8")
+    return path
+
+
+def _appliance_cli() -> str:
+    """The `appliance` command of this environment (the one the demo itself runs from)."""
+    return str(Path(sys.executable).with_name("appliance"))
 
 
 def one_core_each() -> dict[str, str]:
@@ -184,7 +198,7 @@ class ConsortiumDemo:
         self.consortium = consortium
         consortium.start_superlink()
         say(f"SuperLink up on 127.0.0.1:{consortium.port} (TLS, SuperNode authentication)")
-        appliance = str(Path(sys.executable).with_name("appliance"))
+        appliance = _appliance_cli()
         window = training_window(dt.datetime.now().astimezone())
         for box in self.boxes:
             consortium.register(box.name)
@@ -217,11 +231,9 @@ class ConsortiumDemo:
             "metrics_port": box.daemon_metrics,
             "poll_s": 1.0,
         }
-        lines = ["[daemon]", *(f"{k} = {toml_value(v)}" for k, v in values.items())]
-        lines += ["", "[daemon.node_config]", f'"bases-dir" = {toml_value(str(self.state_dir))}']
-        path = box.root / "daemon.toml"
-        path.write_text("\n".join(lines) + "\n", encoding="utf-8")
-        return path
+        node_config: dict[str, Any] = {'"bases-dir"': str(self.state_dir)}
+        tables = {"daemon": values, "daemon.node_config": node_config}
+        return _write_toml(box.root / "daemon.toml", tables)
 
     def _serving_config(self, box: Box) -> Path:
         values = {
@@ -233,10 +245,7 @@ class ConsortiumDemo:
             "watch_interval_s": 1.0,
             "threads": 1,
         }
-        path = box.root / "serving.toml"
-        lines = ["[serving]", *(f"{k} = {toml_value(v)}" for k, v in values.items())]
-        path.write_text("\n".join(lines) + "\n", encoding="utf-8")
-        return path
+        return _write_toml(box.root / "serving.toml", {"serving": values})
 
     def _await_nodes(self, consortium: Consortium, timeout: float = 180.0) -> None:
         deadline, online = time.monotonic() + timeout, 0
@@ -295,7 +304,7 @@ class ConsortiumDemo:
             time.sleep(1)
         say(f"an EHR client sends a sample note to {box.name} over gRPC (127.0.0.1:"
             f"{box.serving_port})")  # fmt: skip
-        appliance = str(Path(sys.executable).with_name("appliance"))
+        appliance = _appliance_cli()
         done = subprocess.run(
             [
                 appliance,

@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Protocol
 
-from federation.journal import JournalEntry, read_journal
+from federation.journal import JournalEntry, JournalReader
 
 _STARTED = time.monotonic()
 HEARTBEAT_S = 30.0
@@ -38,7 +38,7 @@ class Progress:
 
     def __init__(self, boxes: Sequence[_Box], rounds: int, delta: float) -> None:
         self.boxes, self.rounds, self.delta = list(boxes), rounds, delta
-        self.seen = {box.name: 0 for box in self.boxes}
+        self.readers = {box.name: JournalReader(box.journal) for box in self.boxes}
         self.f1: dict[int, dict[str, float]] = {}
         self.bytes_up: dict[int, dict[str, int]] = {}
         self.bytes_down: dict[int, dict[str, int]] = {}
@@ -51,12 +51,10 @@ class Progress:
     def poll(self) -> None:
         """Print the journal events written since the last call (a heartbeat when quiet)."""
         news = False
-        for box in self.boxes:
-            entries = read_journal(box.journal) if box.journal.exists() else []
-            for entry in entries[self.seen[box.name] :]:
-                self._show(box.name, entry)
+        for name, reader in self.readers.items():
+            for entry in reader.new_entries():
+                self._show(name, entry)
                 news = True
-            self.seen[box.name] = len(entries)
         now = time.monotonic()
         if news:
             self.last_news = now

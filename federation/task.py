@@ -54,11 +54,12 @@ class HospitalNode:
         state_dir: Path,
         name: str,
         heldout: Sequence[Note],
+        bases_dir: Path | None = None,
     ) -> None:
         self.cfg, self.loaded, self.name = cfg, loaded, name
         self.notes, self.heldout = list(notes), list(heldout)
         self.state_dir = state_dir
-        self.bases_dir = state_dir  # where a GGUF base is materialized (see `load`)
+        self.bases_dir = Path(bases_dir or state_dir)  # where a GGUF base is materialized
         self.selection = LayerSelection.parse(cfg.spec, loaded.num_layers)
         self.trainer = Trainer(
             loaded, self.selection, self._train_config(0), progress=False, fresh_head=False
@@ -89,9 +90,7 @@ class HospitalNode:
         quantization = "nf4" if cfg.mode == "lora" and torch.cuda.is_available() else "none"
         model_cfg = ModelConfig(base=cfg.base, attention=cfg.attention, quantization=quantization)
         loaded = load_model(model_cfg, cfg.labels, bases_dir or state_dir, cfg.spec)
-        node = cls(cfg, loaded, notes, state_dir, name, heldout)
-        node.bases_dir = Path(bases_dir or state_dir)
-        return node
+        return cls(cfg, loaded, notes, state_dir, name, heldout, bases_dir)
 
     def _train_config(self, server_round: int) -> TrainConfig:
         c = self.cfg
