@@ -147,12 +147,14 @@ class Trainer:
     """Fits one `LayerSelection` of a loaded model on annotated notes.
 
     Federated rounds reuse it unchanged but for two hooks: `extra_loss` (FedProx's proximal term)
-    and `policy` (DP-SGD's Poisson batches, per-sample clipping and noise). Without dev notes the
-    last epoch's weights are kept.
+    and `policy` (DP-SGD's Poisson batches, per-sample clipping and noise). A third, `encoder`,
+    labels the windows for another task (the sentence task); dev F1 is NER-only. Without dev
+    notes the last epoch's weights are kept.
     """
 
     extra_loss: Callable[[], torch.Tensor] | None = None
     policy: StepPolicy | None = None
+    encoder: Callable[[Sequence[Note]], list[EncodedWindow]] | None = None
 
     def __init__(
         self,
@@ -177,6 +179,8 @@ class Trainer:
                 score.bias.zero_()
 
     def encode(self, notes: Sequence[Note]) -> list[EncodedWindow]:
+        if self.encoder is not None:
+            return self.encoder(notes)
         return encode_notes(
             self.loaded.tokenizer,
             notes,

@@ -8,6 +8,7 @@ c  layer-skipping vs LoRA vs full-model FedAvg
 d  epsilon sweep (inf, 16, 8, 4, 1) at delta 1e-5
 e  10 rounds vs 100 rounds with a tenth of the local steps per round
 f  a hospital joining late with 5% of the data: consortium model vs training alone
+g  a sentence-level task beside NER (appliance.sentence_task), trained the same federated way
 
 Hospitals run in process (`federation.simulation`: the same node and aggregation code as the
 Flower apps). Runs are stored in results/experiments.json by a key of their settings, so an
@@ -60,7 +61,13 @@ class Lab:
         return partition(self.train, 3, scheme, alpha=0.5, seed=self.args.split_seed)
 
     def save(self) -> None:
-        STORE.write_text(json.dumps(self.store, indent=2), encoding="utf-8")
+        """Merge into the store on disk (another invocation may be adding runs), then write."""
+        on_disk = json.loads(STORE.read_text()) if STORE.exists() else {}
+        for part in ("runs", "experiments"):
+            self.store[part] = {**on_disk.get(part, {}), **self.store[part]}
+        tmp = STORE.with_suffix(".tmp")
+        tmp.write_text(json.dumps(self.store, indent=2), encoding="utf-8")
+        tmp.replace(STORE)
 
     def cached(self, key: str, make: Any) -> dict[str, Any]:
         """The stored run for `key` (settings included in it), or make, store and return it."""
@@ -76,12 +83,15 @@ class Lab:
         return dict(self.store["runs"][full])
 
     def federated(self, cfg: FederationConfig, scheme: str, score_every: int = 1) -> dict[str, Any]:
+        from benchmarks.experiments_local import settings_key
         from federation.simulation import simulate
 
-        key = f"federated {scheme} {_cfg_key(cfg)}"
+        key = f"federated {scheme} {settings_key(cfg)}"
 
         def make() -> dict[str, Any]:
             state = self.args.state_dir / "experiments" / scheme
+            for spent in [*state.glob("*/privacy-ledger.json"), *state.glob("*/topk-residual.npz")]:
+                spent.unlink()  # every run starts with a fresh privacy budget and no residual
             result = simulate(cfg, self.split(scheme), self.test, state, None,
                               self.args.state_dir, score_every)  # fmt: skip
             rounds = [r for r in result.as_dict()["rounds"]]
@@ -101,19 +111,16 @@ class Lab:
         return self.cached(key, make)
 
     def local(self, notes: list[Note], name: str, epochs: int, spec: str = "top:8",
-              init: dict[str, Any] | None = None) -> dict[str, Any]:  # fmt: skip
+              init: dict[str, Any] | None = None, task: str = "ner") -> dict[str, Any]:  # fmt: skip
         from benchmarks.experiments_local import train_and_score
 
+        key = f"local {name} {spec} epochs {epochs}" + ("" if task == "ner" else f" task {task}")
         return self.cached(
-            f"local {name} {spec} epochs {epochs}",
-            lambda: train_and_score(self.args.state_dir, spec, notes, self.test, epochs, init),
+            key,
+            lambda: train_and_score(
+                self.args.state_dir, spec, notes, self.test, epochs, init, task
+            ),
         )
-
-
-def _cfg_key(cfg: FederationConfig) -> str:
-    default = FederationConfig()
-    changed = {k: v for k, v in vars(cfg).items() if getattr(default, k) != v}
-    return json.dumps(changed, sort_keys=True, default=str)
 
 
 def _brief(row: dict[str, Any]) -> str:
@@ -210,7 +217,39 @@ def exp_f(lab: Lab) -> dict[str, Any]:
     return {"rows": rows}
 
 
-EXPERIMENTS = {"a": exp_a, "b": exp_b, "c": exp_c, "d": exp_d, "e": exp_e, "f": exp_f}
+def exp_g(lab: Lab) -> dict[str, Any]:
+    from appliance.sentence_task import sentence_label, sentence_scores
+    from benchmarks.experiments_local import consortium_arrays, ner_then_rule
+
+    rounds, task = lab.args.rounds, "sentence"
+    gold = [sentence_label(n) for n in lab.test]
+    rows: list[dict[str, Any]] = [
+        {"setting": "always 'no' (majority class)", **sentence_scores(gold, [0] * len(gold))}
+    ]
+    central = lab.local(lab.train, "centralized", rounds, task=task)
+    rows.append({"setting": "centralized classifier", **_scores(central)})
+    for scheme in ("iid", "dirichlet"):
+        run = lab.federated(replace(lab.base, task=task), scheme)
+        rows.append({"setting": f"federated classifier, {scheme}", "f1": _final(run),
+                     "f1_per_round": run["f1_per_round"]})  # fmt: skip
+    for i, notes in enumerate(lab.split("dirichlet")):
+        alone = lab.local(notes, f"dirichlet-hospital-{i}", rounds, task=task)
+        rows.append({"setting": f"hospital {i} alone ({len(notes)} notes)", **_scores(alone)})
+    arrays = consortium_arrays(lab.args.state_dir, lab.base, lab.split("dirichlet"), lab.test)
+    rule = lab.cached(
+        "sentence task: federated NER model + the rule",
+        lambda: ner_then_rule(lab.args.state_dir, lab.base, arrays, lab.test),
+    )
+    rows.append({"setting": "federated NER model (a, Dirichlet) + the rule", **_scores(rule)})
+    return {"rows": rows, "positives": sum(gold), "test": len(gold),
+            "train_positives": sum(sentence_label(n) for n in lab.train)}  # fmt: skip
+
+
+def _scores(row: dict[str, Any]) -> dict[str, Any]:
+    return {k: row[k] for k in ("f1", "precision", "recall", "accuracy") if k in row}
+
+
+EXPERIMENTS = {"a": exp_a, "b": exp_b, "c": exp_c, "d": exp_d, "e": exp_e, "f": exp_f, "g": exp_g}
 
 
 def main() -> None:

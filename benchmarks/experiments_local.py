@@ -26,19 +26,29 @@ def train_and_score(
     test: Sequence[Note],
     epochs: int,
     init: dict[str, np.ndarray] | None = None,
+    task: str = "ner",
 ) -> dict[str, Any]:
-    """Train `spec` on `notes` for `epochs` (from `init` if given), strict F1 on `test`."""
+    """Train `spec` on `notes` for `epochs` (from `init` if given); the node's scores on `test`
+    (strict entity F1 for NER; F1, precision, recall and accuracy for the sentence task)."""
     from federation.task import HospitalNode
 
-    cfg = FederationConfig(layers=spec, local_epochs=max(epochs, 1))
-    name = hashlib.sha256(f"{spec}{len(notes)}{epochs}".encode()).hexdigest()[:12]
+    cfg = FederationConfig(layers=spec, local_epochs=max(epochs, 1), task=task)
+    tag = f"{spec}{len(notes)}{epochs}" + ("" if task == "ner" else task)
+    name = hashlib.sha256(tag.encode()).hexdigest()[:12]
     node = HospitalNode.load(cfg, list(notes), state_dir / "experiments" / "local" / name,
                              "local", bases_dir=state_dir)  # fmt: skip
     arrays = init if init is not None else node.initial_arrays()
     if epochs > 0 and notes:
         update = node.train_round(arrays, 1)
         arrays = update.payload
-    return {"f1": node.score(arrays, test)["f1"], "notes": len(notes), "epochs": epochs}
+    return {**node.score(arrays, test), "notes": len(notes), "epochs": epochs}
+
+
+def settings_key(cfg: FederationConfig) -> str:
+    """The settings that differ from the defaults (a key that survives new config fields)."""
+    default = FederationConfig()
+    changed = {k: v for k, v in vars(cfg).items() if getattr(default, k) != v}
+    return json.dumps(changed, sort_keys=True, default=str)
 
 
 def noise_for(epsilon: float, delta: float, windows: int, cfg: FederationConfig) -> float:
@@ -63,7 +73,8 @@ def consortium_arrays(
     """The global model after `cfg.rounds` federated rounds over `parts` (cached as .npz)."""
     from federation.simulation import simulate
 
-    key = hashlib.sha256(json.dumps([repr(cfg), [len(p) for p in parts]]).encode()).hexdigest()[:16]
+    settings = json.dumps([settings_key(cfg), [len(p) for p in parts]])
+    key = hashlib.sha256(settings.encode()).hexdigest()[:16]
     path = state_dir / "experiments" / f"consortium-{key}.npz"
     if path.exists():
         with np.load(path) as data:
@@ -73,3 +84,23 @@ def consortium_arrays(
     path.parent.mkdir(parents=True, exist_ok=True)
     np.savez(path, **result.final_arrays)  # type: ignore[arg-type]
     return result.final_arrays
+
+
+def ner_then_rule(
+    state_dir: Path, cfg: FederationConfig, arrays: dict[str, np.ndarray], test: Sequence[Note]
+) -> dict[str, Any]:
+    """The sentence task answered by a NER model: the labelling rule on its predicted entities."""
+    from dataclasses import replace
+
+    from appliance.inference import Annotator
+    from appliance.sentence_task import sentence_label, sentence_scores
+    from federation.task import HospitalNode
+
+    node = HospitalNode.load(cfg, [], state_dir / "experiments" / "local" / "ner-rule", "rule",
+                             bases_dir=state_dir)  # fmt: skip
+    node.set_arrays(arrays)
+    predictions = Annotator(node.loaded, cfg.max_tokens, cfg.context_tokens, 16).predict(test)
+    found = [
+        sentence_label(replace(n, entities=p.spans)) for n, p in zip(test, predictions, strict=True)
+    ]
+    return sentence_scores([sentence_label(n) for n in test], found)

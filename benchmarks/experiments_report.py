@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import textwrap
 from pathlib import Path
 from typing import Any
 
@@ -18,13 +19,22 @@ TITLES = {
     "d": "Differential privacy: F1 against epsilon (delta 1e-5)",
     "e": "10 rounds vs 100 rounds with a tenth of the local steps",
     "f": "A hospital joining late with 5% of the data",
+    "g": "A sentence-level task beside NER: does the sentence state a chemical-induced disease?",
 }
+RULE = (
+    "Sentence label (appliance/sentence_task.py): positive when the sentence has a Chemical and a "
+    "Disease mention (gold annotations) and a causal cue word (induc-, caus-, provok-, "
+    "'associated with', toxicit-, 'due to', adverse, 'side effect'). F1, precision and recall of "
+    "the positive class (scikit-learn); the classifier is the token classifier's two-way head read "
+    "at the sentence's last word, trained on `top:8` like the NER model."
+)
 
 
-def _table(rows: list[dict[str, Any]]) -> list[str]:
-    columns = [c for c in ("setting", "f1", "mb", "target_eps", "eps_spent", "noise", "declined")
+def _table(rows: list[dict[str, Any]], f1_name: str = "strict F1") -> list[str]:
+    columns = [c for c in ("setting", "f1", "precision", "recall", "accuracy", "mb", "target_eps",
+                           "eps_spent", "noise", "declined")
                if any(c in r for r in rows)]  # fmt: skip
-    heads = {"f1": "strict F1", "mb": "MB exchanged (all clients, both ways)",
+    heads = {"f1": f1_name, "mb": "MB exchanged (all clients, both ways)",
              "target_eps": "target epsilon", "eps_spent": "epsilon spent (max over hospitals)",
              "noise": "noise multiplier", "declined": "declined rounds"}  # fmt: skip
     out = ["| " + " | ".join(heads.get(c, c) for c in columns) + " |"]
@@ -36,7 +46,8 @@ def _table(rows: list[dict[str, Any]]) -> list[str]:
             if c == "mb" and isinstance(value, float):
                 cells.append(f"{value:,.1f}")
             elif isinstance(value, float):
-                cells.append(f"{value:.4f}" if c == "f1" else f"{value:.4g}")
+                cells.append(f"{value:.4f}" if c in ("f1", "precision", "recall", "accuracy")
+                             else f"{value:.4g}")  # fmt: skip
             else:
                 cells.append("-" if value is None else str(value))
         out.append("| " + " | ".join(cells) + " |")
@@ -73,22 +84,39 @@ def _plot(letter: str, result: dict[str, Any], path: Path) -> None:
     else:
         ax.barh([r["setting"] for r in rows], [r["f1"] for r in rows])
         ax.invert_yaxis()
-        ax.set_xlabel("strict entity F1 on BC5CDR test sentences")
-    if letter != "a" and letter != "f":
-        ax.set_ylabel("strict entity F1")
+        ax.set_xlabel(_f1_name(letter) + " on BC5CDR test sentences")
+    if letter not in ("a", "f", "g"):
+        ax.set_ylabel(_f1_name(letter))
         ax.set_ylim(bottom=0, top=max(0.1, ax.get_ylim()[1]))  # differences at their true scale
-    ax.set_title(TITLES[letter], fontsize=10)
+    fig.suptitle(textwrap.fill(TITLES[letter], 70), fontsize=10)
     ax.grid(alpha=0.3)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
 
 
+def _f1_name(letter: str) -> str:
+    return "F1 of the positive class" if letter == "g" else "strict entity F1"
+
+
+def _sizes(letter: str, result: dict[str, Any]) -> str:
+    settings = result["settings"]
+    split = (f"{settings['train_notes']} training sentences over 3 hospitals (Dirichlet alpha "
+             f"0.5, seed {settings['split_seed']}, unless IID)")  # fmt: skip
+    common = (f"SmolLM2-135M; {settings['rounds']} rounds x 1 local epoch unless the row says "
+              "otherwise. Small on purpose: 2 CPU cores.")  # fmt: skip
+    if letter == "g":
+        return (f"BC5CDR: {split}; the first {settings['test_notes']} test sentences, "
+                f"{result['positives']} of them positive ({result['train_positives']} of the "
+                f"training sentences). {RULE} {common}")  # fmt: skip
+    return (f"BC5CDR: {split}, strict entity F1 (seqeval) on the first "
+            f"{settings['test_notes']} test sentences; {common}")  # fmt: skip
+
+
 def write_experiment(letter: str, result: dict[str, Any]) -> Path:
     """Write the table and the plot of one experiment; returns the markdown path."""
     png = RESULTS / f"experiments_{letter}.png"
     _plot(letter, result, png)
-    settings = result["settings"]
     lines = [
         f"# Experiment {letter}: {TITLES[letter]}",
         "",
@@ -96,12 +124,9 @@ def write_experiment(letter: str, result: dict[str, Any]) -> Path:
         f"Machine: {result['machine']}  ",
         f"Date: {result['date']}",
         "",
-        f"BC5CDR: {settings['train_notes']} training sentences over 3 hospitals (Dirichlet "
-        f"alpha 0.5, seed {settings['split_seed']}, unless IID), strict entity F1 (seqeval) on "
-        f"the first {settings['test_notes']} test sentences; SmolLM2-135M; {settings['rounds']} "
-        "rounds x 1 local epoch unless the row says otherwise. Small on purpose: 2 CPU cores.",
+        _sizes(letter, result),
         "",
-        *_table(result["rows"]),
+        *_table(result["rows"], "F1 (positive class)" if letter == "g" else "strict F1"),
         "",
         f"![{TITLES[letter]}](experiments_{letter}.png)",
     ]

@@ -101,7 +101,7 @@ class HospitalClient(NumPyClient):
         arrays = dict(zip(self.node.names, parameters, strict=True))
         count, metrics = self.node.evaluate(arrays)
         registry = self.node_config.get("registry")
-        if registry and count:
+        if registry and count and self.node.cfg.task == "ner":  # only NER is served
             self._promote(arrays, Path(str(registry)), int(config.get("server-round", 0)))
         return 1.0 - metrics.get("f1", 0.0), count, metrics
 

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass, fields
 from typing import Any
 
 MODES = ("layers", "lora", "full")
+TASKS = ("ner", "sentence")
 COMPRESSIONS = ("none", "fp16", "bf16", "int8", "topk")
 STRATEGIES = ("fedavg", "fedprox")
+LR_SCHEDULES = ("constant", "cosine")
 CLIENT_DP = ("none", "client-fixed")
 
 
@@ -19,6 +22,7 @@ class FederationConfig:
     base: str = "embedded"  # the base every hospital has on disk ("embedded": SmolLM2-135M)
     attention: str = "bidirectional-trained"
     labels: tuple[str, ...] = ("Chemical", "Disease")
+    task: str = "ner"  # ner | sentence (appliance.sentence_task; trains, scores, not served)
     mode: str = "layers"  # layers | lora | full
     layers: str = "top:8"  # which layers train and travel (full mode: all)
     lora_rank: int = 8
@@ -30,6 +34,8 @@ class FederationConfig:
     batch_size: int = 16
     learning_rate: float = 3e-4
     head_learning_rate: float = 1e-3
+    lr_schedule: str = "constant"  # constant | cosine: both rates decay over the run's rounds
+    lr_min_fraction: float = 0.1  # cosine: the last round's rates, as a fraction of the first's
     max_tokens: int = 256
     context_tokens: int = 32
     seed: int = 13
@@ -58,8 +64,10 @@ class FederationConfig:
     def __post_init__(self) -> None:
         object.__setattr__(self, "labels", tuple(self.labels))
         _one_of("mode", self.mode, MODES)
+        _one_of("task", self.task, TASKS)
         _one_of("compression", self.compression, COMPRESSIONS)
         _one_of("strategy", self.strategy, STRATEGIES)
+        _one_of("lr-schedule", self.lr_schedule, LR_SCHEDULES)
         _one_of("client-dp", self.client_dp, CLIENT_DP)
         _positive(
             self,
@@ -88,6 +96,8 @@ class FederationConfig:
                 "dp with local-fraction < 1: the privacy accountant assumes each round samples "
                 "from all local notes"
             )
+        if not 0 < self.lr_min_fraction <= 1:
+            raise ValueError(f"lr-min-fraction {self.lr_min_fraction}: must be in (0, 1]")
         if not 0 < self.topk_fraction <= 1:
             raise ValueError(f"topk-fraction {self.topk_fraction}: must be in (0, 1]")
         if not 0 < self.dp_delta < 1:
@@ -109,6 +119,15 @@ class FederationConfig:
                 "secagg-shares must be >= 3 (Flower) and <= min-nodes, so every "
                 "sampled node can hold a share"
             )
+
+    def round_lr_factor(self, server_round: int) -> float:
+        """The rates' multiplier in `server_round` (1-based): 1 throughout for `constant`; for
+        `cosine`, half a cosine from 1 at the first round to `lr_min_fraction` at the last."""
+        if self.lr_schedule == "constant" or self.rounds == 1:
+            return 1.0
+        progress = min(max(server_round - 1, 0) / (self.rounds - 1), 1.0)
+        low = self.lr_min_fraction
+        return low + (1 - low) * 0.5 * (1 + math.cos(math.pi * progress))
 
     @property
     def spec(self) -> str:

@@ -20,6 +20,7 @@ from appliance.training import Trainer, seed_everything
 from federation import modes
 from federation.config import FederationConfig, from_run_config
 from federation.strategy import ConsortiumStrategy
+from federation.task import for_task
 
 log = logging.getLogger(__name__)
 
@@ -28,8 +29,11 @@ def initial_global(
     cfg: FederationConfig, state_dir: Path
 ) -> tuple[list[str], dict[str, np.ndarray]]:
     """The starting weights of the travelling part: the same seeded init every node makes."""
-    loaded = load_model(
-        ModelConfig(base=cfg.base, attention=cfg.attention), cfg.labels, state_dir, cfg.spec
+    loaded = for_task(
+        load_model(
+            ModelConfig(base=cfg.base, attention=cfg.attention), cfg.labels, state_dir, cfg.spec
+        ),
+        cfg,
     )
     selection = LayerSelection.parse(cfg.spec, loaded.num_layers)
     train_cfg = TrainConfig(layers=cfg.spec, labels=cfg.labels, seed=cfg.seed)

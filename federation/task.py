@@ -19,12 +19,14 @@ import numpy as np
 import torch
 
 from appliance.config import ModelConfig, TrainConfig
+from appliance.encoding import EncodedWindow
 from appliance.evaluation import evaluate_predictions
 from appliance.inference import Annotator
 from appliance.layers import LayerSelection
 from appliance.model import LoadedModel, load_model
 from appliance.notes import Note
 from appliance.package import save_package
+from appliance.sentence_task import as_sentence_classifier, encode_sentences, score_sentences
 from appliance.training import Trainer, seed_everything
 from federation import modes
 from federation.compression import encode_update, wire_bytes
@@ -41,6 +43,11 @@ class LocalUpdate:
     num_examples: int
     metrics: dict[str, float | int | str] = field(default_factory=dict)
     declined: str | None = None
+
+
+def for_task(loaded: LoadedModel, cfg: FederationConfig) -> LoadedModel:
+    """The loaded NER model, or for the sentence task the same model with its two-way head."""
+    return as_sentence_classifier(loaded) if cfg.task == "sentence" else loaded
 
 
 class HospitalNode:
@@ -64,6 +71,8 @@ class HospitalNode:
         self.trainer = Trainer(
             loaded, self.selection, self._train_config(0), progress=False, fresh_head=False
         )
+        if cfg.task == "sentence":
+            self.trainer.encoder = self._sentence_windows
         self.trainer._init_head(seed_everything(cfg.seed))
         torch.manual_seed(cfg.seed)  # LoRA's A init: the same on every node
         modes.prepare(loaded.model, cfg, self.selection)
@@ -90,17 +99,18 @@ class HospitalNode:
         quantization = "nf4" if cfg.mode == "lora" and torch.cuda.is_available() else "none"
         model_cfg = ModelConfig(base=cfg.base, attention=cfg.attention, quantization=quantization)
         loaded = load_model(model_cfg, cfg.labels, bases_dir or state_dir, cfg.spec)
-        return cls(cfg, loaded, notes, state_dir, name, heldout, bases_dir)
+        return cls(cfg, for_task(loaded, cfg), notes, state_dir, name, heldout, bases_dir)
 
     def _train_config(self, server_round: int) -> TrainConfig:
         c = self.cfg
+        factor = c.round_lr_factor(server_round)
         return TrainConfig(
             layers=c.spec,
             labels=c.labels,
             epochs=c.local_epochs,
             batch_size=c.batch_size,
-            learning_rate=c.learning_rate,
-            head_learning_rate=c.head_learning_rate,
+            learning_rate=c.learning_rate * factor,
+            head_learning_rate=c.head_learning_rate * factor,
             patience=c.local_epochs + 1,
             seed=c.seed + server_round,
             max_tokens=c.max_tokens,
@@ -211,9 +221,15 @@ class HospitalNode:
             "eps_budget": self.cfg.dp_epsilon_budget,
         }
 
+    def _sentence_windows(self, notes: Sequence[Note]) -> list[EncodedWindow]:
+        return encode_sentences(self.loaded, notes, self.cfg.max_tokens, self.cfg.context_tokens)
+
     def score(self, arrays: Mapping[str, np.ndarray], notes: Sequence[Note]) -> dict[str, float]:
-        """Strict entity F1 (and span F1) of the model with `arrays` on annotated `notes`."""
+        """Strict entity F1 (and span F1) of the model with `arrays` on annotated `notes`; for
+        the sentence task, F1 of its positive class (and precision, recall, accuracy)."""
         self.set_arrays(arrays)
+        if self.cfg.task == "sentence":
+            return score_sentences(self.loaded, notes, self.cfg.max_tokens, self.cfg.context_tokens)
         annotator = Annotator(self.loaded, self.cfg.max_tokens, self.cfg.context_tokens, 16)
         metrics = evaluate_predictions(notes, annotator.predict(notes))
         return {
@@ -229,6 +245,8 @@ class HospitalNode:
 
     def write_package(self, arrays: Mapping[str, np.ndarray], path: Path) -> Path:
         """An appliance model package of the model with `arrays` (LoRA merged into its layers)."""
+        if self.cfg.task != "ner":
+            raise ValueError(f"task {self.cfg.task!r}: only NER models are packaged for serving")
         self.set_arrays(arrays)
         windowing = {"max_tokens": self.cfg.max_tokens, "context_tokens": self.cfg.context_tokens}
         training = {

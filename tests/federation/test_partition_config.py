@@ -61,3 +61,28 @@ def test_run_config_round_trip_and_errors(tmp_path: Path):
         FederationConfig(dp=True, strategy="fedprox")
     with pytest.raises(ValueError, match="secagg with compression"):
         FederationConfig(secagg=True, compression="topk")
+    with pytest.raises(ValueError, match="task 'summary'"):
+        FederationConfig(task="summary")
+    with pytest.raises(ValueError, match="lr-schedule 'step'"):
+        FederationConfig(lr_schedule="step")
+    with pytest.raises(ValueError, match="lr-min-fraction 0"):
+        FederationConfig(lr_min_fraction=0.0)
+
+
+def test_the_cosine_schedule_decays_the_rates_over_the_rounds(tiny_llama: Path, tmp_path: Path):
+    cosine = FederationConfig(rounds=5, lr_schedule="cosine", lr_min_fraction=0.2)
+    factors = [cosine.round_lr_factor(r) for r in range(1, 6)]
+    assert factors[0] == pytest.approx(1.0) and factors[-1] == pytest.approx(0.2)
+    assert factors[2] == pytest.approx(0.6)  # halfway: the mean of both ends
+    assert all(a > b for a, b in zip(factors, factors[1:], strict=False))
+    assert FederationConfig(rounds=5).round_lr_factor(5) == 1.0
+    assert FederationConfig(rounds=1, lr_schedule="cosine").round_lr_factor(1) == 1.0
+
+    from federation.task import HospitalNode
+    from tests.federation.helpers import tiny_config
+
+    cfg = tiny_config(tiny_llama, rounds=5, lr_schedule="cosine", lr_min_fraction=0.2)
+    node = HospitalNode.load(cfg, [], tmp_path / "node", "h")
+    last = node._train_config(5)
+    assert last.learning_rate == pytest.approx(cfg.learning_rate * 0.2)
+    assert last.head_learning_rate == pytest.approx(cfg.head_learning_rate * 0.2)

@@ -81,3 +81,22 @@ def test_local_fraction_is_validated_and_refused_with_dp(tiny_llama: Path):
         tiny_config(tiny_llama, local_fraction=0)
     with pytest.raises(ValueError, match="dp with local-fraction < 1"):
         tiny_config(tiny_llama, local_fraction=0.5, dp=True)
+
+
+def test_the_sentence_task_is_learnt_federated_the_same_way(tiny_llama: Path, tmp_path: Path):
+    from federation.server_app import initial_global
+    from federation.task import HospitalNode
+    from tests.appliance.test_sentence_task import cue_corpus
+
+    parts = partition(cue_corpus(160, seed=1), 3, "iid", alpha=0.5, seed=3)
+    test = cue_corpus(40, seed=2)
+    cfg = tiny_config(tiny_llama, task="sentence", rounds=3, local_epochs=5)
+    result = simulate(cfg, parts, test, tmp_path / "sim")
+    f1 = [r.test_f1 for r in result.rounds]
+    assert f1[-1] >= 0.9 and f1[-1] > result.initial_f1 + 0.3, (result.initial_f1, f1)
+    node = HospitalNode.load(cfg, parts[0], tmp_path / "node", "h")
+    names, initial = initial_global(cfg, tmp_path / "server")
+    assert names == node.names and initial["score.weight"].shape[0] == 2
+    assert all((initial[k] == v).all() for k, v in node.initial_arrays().items())
+    with pytest.raises(ValueError, match="only NER models are packaged"):
+        node.write_package(initial, tmp_path / "package")
