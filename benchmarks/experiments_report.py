@@ -70,8 +70,9 @@ def _plot(letter: str, result: dict[str, Any], path: Path) -> None:
         ax.set_xscale("log")
         ax.set_xlabel("MB exchanged over the run (all clients, both ways; log scale)")
     elif letter == "d":
-        labels = [r["setting"] for r in rows]
-        ax.plot(labels, [r["f1"] for r in rows], marker="o")
+        shown = [r for r in rows if r.get("plot", True)]
+        ax.plot([r["setting"] for r in shown], [r["f1"] for r in shown], marker="o")
+        ax.tick_params(axis="x", labelsize=8)
         ax.set_xlabel("privacy setting")
     elif letter == "e":
         for r in rows:

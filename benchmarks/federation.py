@@ -41,7 +41,8 @@ LABELS = ("Chemical", "Disease")
 
 
 def _lora_r16(rate: float, **extra: Any) -> dict[str, Any]:
-    """LoRA rank 16 (alpha 32) with int8 deltas at `rate` for both the adapters and the head."""
+    """LoRA rank 16 (alpha 32; `extra` overrides) with int8 deltas at `rate` for both the
+    adapters and the head."""
     return {"mode": "lora", "lora_rank": 16, "lora_alpha": 32, "learning_rate": rate,
             "head_learning_rate": rate, "compression": "int8", **extra}  # fmt: skip
 
@@ -60,6 +61,10 @@ CONFIGS: dict[str, tuple[str, dict[str, Any]]] = {
     "lora-r16-lr3e-3+int8 dirichlet": ("dirichlet", _lora_r16(3e-3)),
     "lora-r16-lr2e-3+int8 dirichlet": ("dirichlet", _lora_r16(2e-3)),
     "lora-r16-lr3e-3-cosine+int8 dirichlet": ("dirichlet", _lora_r16(3e-3, lr_schedule="cosine")),
+    "lora-r32-lr3e-3-cosine+int8 dirichlet": (
+        "dirichlet",
+        _lora_r16(3e-3, lr_schedule="cosine", lora_rank=32, lora_alpha=64),
+    ),
     "full dirichlet": ("dirichlet", {"mode": "full", "learning_rate": 1e-4}),
 }
 
