@@ -65,6 +65,10 @@ CONFIGS: dict[str, tuple[str, dict[str, Any]]] = {
         "dirichlet",
         _lora_r16(3e-3, lr_schedule="cosine", lora_rank=32, lora_alpha=64),
     ),
+    "lora-r32-lr3e-3-cosine+int8 dirichlet, seed 14": (  # the same, another init and order
+        "dirichlet",
+        _lora_r16(3e-3, lr_schedule="cosine", lora_rank=32, lora_alpha=64, seed=14),
+    ),
     "full dirichlet": ("dirichlet", {"mode": "full", "learning_rate": 1e-4}),
 }
 
