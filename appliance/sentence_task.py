@@ -22,7 +22,7 @@ import numpy as np
 import torch
 from sklearn.metrics import accuracy_score, precision_recall_fscore_support
 
-from appliance.encoding import EncodedWindow, encode_notes
+from appliance.encoding import IGNORE, EncodedWindow, encode_notes
 from appliance.inference import window_log_probs
 from appliance.model import LoadedModel
 from appliance.notes import Note
@@ -67,7 +67,7 @@ def encode_sentences(
     out = []
     for index in sorted(last):
         window = last[index]
-        labels = [-100] * len(window)
+        labels = [IGNORE] * len(window)
         labels[window.word_token[window.core_words[-1]]] = sentence_label(notes[index])
         out.append(replace(window, labels=tuple(labels)))
     return out

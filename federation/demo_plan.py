@@ -40,14 +40,13 @@ _CONSORTIUM = FederationConfig(
 # `--dp`: sample-level DP-SGD at every box. At ~300 sentences a box it costs most of the F1
 # (measured on one box, 2 epochs: F1 0.58 without, 0.26 / 0.17 with noise 0.5 / 0.7 at epsilon
 # 15 / 9; see README); clipped gradients need a 15x learning rate and bigger batches to move.
+DP_RECIPE = {"batch_size": 32, "learning_rate": 3e-2, "head_learning_rate": 3e-2}
 DP = {
     "dp": True,
     "dp_noise_multiplier": 0.7,
     "dp_max_grad_norm": 1.0,
     "dp_epsilon_budget": 16.0,
-    "batch_size": 32,
-    "learning_rate": 3e-2,
-    "head_learning_rate": 3e-2,
+    **DP_RECIPE,
 }
 FULL = DemoPlan(train_notes=900, heldout_notes=100, federation=replace(_CONSORTIUM, rounds=3))
 # A smoke run: one round on 4 layers with a higher learning rate, plain FedAvg, and torch-fp32
