@@ -19,6 +19,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
@@ -38,6 +40,7 @@ DATA = ROOT / "data" / "bc5cdr"
 RESULT = ROOT / "benchmarks" / "results" / "federation.md"
 STORE = RESULT.with_suffix(".json")
 LABELS = ("Chemical", "Disease")
+DEFAULT_SEED = 13  # the seed of FederationConfig and TrainConfig
 
 
 def _lora_r16(rate: float, **extra: Any) -> dict[str, Any]:
@@ -65,10 +68,13 @@ CONFIGS: dict[str, tuple[str, dict[str, Any]]] = {
         "dirichlet",
         _lora_r16(3e-3, lr_schedule="cosine", lora_rank=32, lora_alpha=64),
     ),
-    "lora-r32-lr3e-3-cosine+int8 dirichlet, seed 14": (  # the same, another init and order
-        "dirichlet",
-        _lora_r16(3e-3, lr_schedule="cosine", lora_rank=32, lora_alpha=64, seed=14),
-    ),
+    **{
+        f"lora-r32-lr3e-3-cosine+int8 dirichlet, seed {seed}": (  # another init and order
+            "dirichlet",
+            _lora_r16(3e-3, lr_schedule="cosine", lora_rank=32, lora_alpha=64, seed=seed),
+        )
+        for seed in (14, 15, 16)
+    },
     "full dirichlet": ("dirichlet", {"mode": "full", "learning_rate": 1e-4}),
 }
 
@@ -79,13 +85,14 @@ def full_model_bytes(state_dir: Path) -> int:
     return sum(p.numel() * 4 for p in loaded.model.parameters())
 
 
-def centralized(args: argparse.Namespace, train: list, test: list) -> dict[str, Any]:
+def centralized(args: argparse.Namespace, train: list, test: list, seed: int) -> dict[str, Any]:
     """The same top:8 training on the union of the notes, rounds x local epochs epochs."""
     cfg = TrainConfig(
         layers="top:8",
         epochs=args.rounds,
         cache_dir=str(args.state_dir / "act"),
         patience=args.rounds + 1,
+        seed=seed,
     )
     loaded = load_model(ModelConfig(base="embedded"), LABELS, args.state_dir, "top:8")
     selection = LayerSelection.parse("top:8", loaded.num_layers)
@@ -123,13 +130,57 @@ def run(name: str, args: argparse.Namespace, train: list, test: list) -> dict[st
     }
 
 
-def centralized_f1(store: dict[str, Any], rounds: int) -> float | None:
-    """Centralized F1 for the same number of epochs as `rounds` x 1 local epoch (or None)."""
+def _central_key(rounds: int, seed: int) -> str:
+    return str(rounds) if seed == DEFAULT_SEED else f"{rounds}, seed {seed}"
+
+
+def centralized_f1(store: dict[str, Any], rounds: int, seed: int = DEFAULT_SEED) -> float | None:
+    """Centralized F1 for `rounds` epochs (rounds x 1 local epoch) with `seed`, or None."""
     central = store.get("centralized", {})
     if "f1" in central:  # the first runs stored one figure, for 3 rounds
         central = {"3": central}
-    row = central.get(str(rounds))
+    row = central.get(_central_key(rounds, seed))
     return None if row is None else float(row["f1"])
+
+
+def _row_gap(store: dict[str, Any], row: dict[str, Any]) -> float | None:
+    """Final F1 minus centralized with the same seed (the default seed's when that is missing)."""
+    seed = int(row["config"].get("seed", DEFAULT_SEED))
+    central = centralized_f1(store, row["rounds"], seed)
+    central = centralized_f1(store, row["rounds"]) if central is None else central
+    return None if central is None else row["f1_per_round"][-1] - central
+
+
+def seed_table(store: dict[str, Any]) -> list[str]:
+    """Per-seed final F1 of each configuration run with several seeds, beside centralized
+    training with the same seed, and the mean gap."""
+    groups: dict[str, list[dict[str, Any]]] = {}
+    for row in store["rows"].values():
+        base = row["name"].split(", seed ")[0]
+        groups.setdefault(f"{base}, {row['rounds']} rounds", []).append(row)
+    lines = []
+    for name, rows in groups.items():
+        paired = []
+        for row in rows:
+            seed = int(row["config"].get("seed", DEFAULT_SEED))
+            central = centralized_f1(store, row["rounds"], seed)
+            if central is not None:
+                paired.append((seed, row["f1_per_round"][-1], central))
+        if len(paired) < 2:
+            continue
+        lines += [f"### {name}: seeds", "", "| seed | federated final F1 | centralized F1 "
+                  "(same seed) | gap |", "|---|---|---|---|"]  # fmt: skip
+        for seed, fed, central in sorted(paired):
+            lines.append(
+                f"| {seed} | {fed:.4f} | {central:.4f} | {(fed - central) * 100:+.1f} pt |"
+            )
+        gaps = np.array([fed - central for _, fed, central in paired]) * 100
+        summary = (
+            f"Mean gap over {len(paired)} seeds: **{gaps.mean():+.2f} pt** "
+            f"(standard deviation {gaps.std(ddof=1):.2f}, worst {gaps.min():+.1f})."
+        )
+        lines += ["", summary, ""]
+    return lines
 
 
 def write_table(store: dict[str, Any]) -> None:
@@ -149,7 +200,8 @@ def write_table(store: dict[str, Any]) -> None:
         + ", ".join(
             f"R={r}: strict F1 **{centralized_f1(store, int(r)):.4f}**"
             for r in sorted(_central_rounds(store), key=int)
-        ),
+        )
+        + ". A row with another seed is compared with centralized training with that seed.",
         "",
         "| configuration | split | rounds | F1 per round | final F1 | vs centralized | up+down per "
         "client per round | share of full FedAvg | total bytes (3 clients) |",
@@ -161,20 +213,32 @@ def write_table(store: dict[str, Any]) -> None:
             row["bytes_down_per_client_round"]
         )
         final = row["f1_per_round"][-1]
-        central = centralized_f1(store, row["rounds"])
-        gap = f"{(final - central) * 100:+.1f} pt" if central is not None else "n/a"
+        gap_f1 = _row_gap(store, row)
+        gap = f"{gap_f1 * 100:+.1f} pt" if gap_f1 is not None else "n/a"
         lines.append(
             f"| {row['name']} | {row['split']} | {row['rounds']} | "
             f"{', '.join(f'{f:.3f}' for f in row['f1_per_round'])} | {final:.4f} | {gap} | "
             f"{per_round / 1e6:.2f} MB | {per_round / (2 * full) * 100:.2f}% | "
             f"{total / 1e6:.1f} MB |"
         )
-    RESULT.write_text("\n".join(lines + ["", store.get("notes", "")]) + "\n", encoding="utf-8")
+    lines += ["", *seed_table(store)]
+    RESULT.write_text("\n".join(lines + [store.get("notes", "")]) + "\n", encoding="utf-8")
 
 
 def _central_rounds(store: dict[str, Any]) -> list[str]:
     central = store.get("centralized", {})
-    return ["3"] if "f1" in central else list(central)
+    return ["3"] if "f1" in central else [key for key in central if key.isdigit()]
+
+
+def save(store: dict[str, Any]) -> None:
+    """Write the store, merged with what another invocation saved meanwhile, and the table."""
+    disk: dict[str, Any] = json.loads(STORE.read_text()) if STORE.exists() else {}
+    for key in ("rows", "centralized"):
+        store[key] = {**disk.get(key, {}), **store.get(key, {})}
+    extra = [c for c in disk.get("commands", []) if c not in store.get("commands", [])]
+    store["commands"] = [*extra, *store.get("commands", [])]
+    STORE.write_text(json.dumps(store, indent=2), encoding="utf-8")
+    write_table(store)
 
 
 def main() -> None:
@@ -183,8 +247,17 @@ def main() -> None:
     parser.add_argument("--test-notes", type=int, default=400)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--state-dir", type=Path, default=Path("/tmp/state"))
-    parser.add_argument("--only", nargs="*", choices=sorted(CONFIGS), help="run only these")
+    parser.add_argument(
+        "--only",
+        nargs="*",
+        choices=sorted(CONFIGS),
+        help="run only these (none: only the centralized runs)",
+    )
     parser.add_argument("--skip-centralized", action="store_true")
+    parser.add_argument(
+        "--central-seeds", type=int, nargs="*", default=[DEFAULT_SEED],
+        help="seeds of the centralized runs (each run once per round count and seed)",
+    )  # fmt: skip
     args = parser.parse_args()
     train = read_notes(str(DATA / "train.tsv")).notes[: 3 * args.notes_per_hospital]
     test = read_notes(str(DATA / "test.tsv")).notes[: args.test_notes]
@@ -201,18 +274,19 @@ def main() -> None:
     store.pop("command", None)
     if "f1" in store.get("centralized", {}):
         store["centralized"] = {"3": store["centralized"]}
-    if not args.skip_centralized and str(args.rounds) not in store.get("centralized", {}):
-        store.setdefault("centralized", {})[str(args.rounds)] = centralized(args, train, test)
-        print("centralized", store["centralized"], flush=True)
+    for seed in [] if args.skip_centralized else args.central_seeds:
+        key = _central_key(args.rounds, seed)
+        if key not in store.setdefault("centralized", {}):
+            store["centralized"][key] = centralized(args, train, test, seed)
+            print("centralized", key, store["centralized"][key], flush=True)
+            save(store)
     store["rows"] = {f"{r['name']}, {r['rounds']} rounds": r for r in store["rows"].values()}
-    for name in args.only or list(CONFIGS):
+    for name in list(CONFIGS) if args.only is None else args.only:
         row = run(name, args, train, test)
         store["rows"][f"{name}, {args.rounds} rounds"] = row
         print(name, row["f1_per_round"], flush=True)
-        STORE.write_text(json.dumps(store, indent=2), encoding="utf-8")
-        write_table(store)
-    STORE.write_text(json.dumps(store, indent=2), encoding="utf-8")
-    write_table(store)
+        save(store)
+    save(store)
 
 
 if __name__ == "__main__":

@@ -7,7 +7,6 @@ import os
 from pathlib import Path
 
 import numpy as np
-import torch
 from flwr.common import Context
 from flwr.server import Grid, LegacyContext, ServerApp, ServerConfig
 from flwr.server.strategy import DifferentialPrivacyClientSideFixedClipping, Strategy
@@ -16,11 +15,11 @@ from flwr.server.workflow import DefaultWorkflow, SecAggPlusWorkflow
 from appliance.config import ModelConfig, TrainConfig
 from appliance.layers import LayerSelection
 from appliance.model import load_model
-from appliance.training import Trainer, seed_everything
+from appliance.training import Trainer
 from federation import modes
 from federation.config import FederationConfig, from_run_config
 from federation.strategy import ConsortiumStrategy
-from federation.task import for_task
+from federation.task import for_task, seeded_start
 
 log = logging.getLogger(__name__)
 
@@ -38,10 +37,7 @@ def initial_global(
     selection = LayerSelection.parse(cfg.spec, loaded.num_layers)
     train_cfg = TrainConfig(layers=cfg.spec, labels=cfg.labels, seed=cfg.seed)
     trainer = Trainer(loaded, selection, train_cfg, progress=False, fresh_head=False)
-    trainer._init_head(seed_everything(cfg.seed))
-    torch.manual_seed(cfg.seed)
-    modes.prepare(loaded.model, cfg, selection)
-    names = modes.travelling_names(loaded.model)
+    names = seeded_start(trainer, cfg)
     return names, modes.get_arrays(loaded.model, names)
 
 

@@ -50,6 +50,15 @@ def for_task(loaded: LoadedModel, cfg: FederationConfig) -> LoadedModel:
     return as_sentence_classifier(loaded) if cfg.task == "sentence" else loaded
 
 
+def seeded_start(trainer: Trainer, cfg: FederationConfig) -> list[str]:
+    """The start every node and the server make alike: the seeded head init, then the mode's
+    preparation (LoRA's A init from the same seed). Returns the travelling tensors' names."""
+    trainer._init_head(seed_everything(cfg.seed))
+    torch.manual_seed(cfg.seed)  # LoRA's A init: the same on every node
+    modes.prepare(trainer.loaded.model, cfg, trainer.selection)
+    return modes.travelling_names(trainer.loaded.model)
+
+
 class HospitalNode:
     """One hospital: its notes, its model copy, its ledger and residuals (under `state_dir`)."""
 
@@ -73,10 +82,7 @@ class HospitalNode:
         )
         if cfg.task == "sentence":
             self.trainer.encoder = self._sentence_windows
-        self.trainer._init_head(seed_everything(cfg.seed))
-        torch.manual_seed(cfg.seed)  # LoRA's A init: the same on every node
-        modes.prepare(loaded.model, cfg, self.selection)
-        self.names = modes.travelling_names(loaded.model)
+        self.names = seeded_start(self.trainer, cfg)
         self.windows = len(self.trainer.encode(self.notes)) if self.notes else 0
         self.ledger = PrivacyLedger.open(
             state_dir / "privacy-ledger.json", cfg.dp_epsilon_budget, cfg.dp_delta
