@@ -141,10 +141,11 @@ def _inventory(work: Path, a: dict[str, Path], ports: dict[str, int]) -> Path:
     return path
 
 
-def _playbook(inventory: Path) -> str:
+def _playbook(inventory: Path, extra: dict[str, str] | None = None) -> str:
     env = {**os.environ, "ANSIBLE_CONFIG": str(ANSIBLE / "ansible.cfg"), "ANSIBLE_NOCOLOR": "1"}
+    extra_args = ["--extra-vars", json.dumps(extra)] if extra else []
     done = subprocess.run(
-        [tool("ansible-playbook"), "-i", str(inventory), "site.yml"],
+        [tool("ansible-playbook"), "-i", str(inventory), "site.yml", *extra_args],
         cwd=ANSIBLE,
         env=env,
         capture_output=True,
@@ -296,3 +297,36 @@ def test_second_run_changes_nothing(deployed: Deployed) -> None:
 def _scrape(port: int) -> str:
     with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as response:
         return str(response.read().decode("utf-8"))
+
+
+def _pids(root: Path) -> dict[str, str]:
+    return {p.stem: p.read_text().strip() for p in root.glob("run/*/*.pid")}
+
+
+def test_a_changed_setting_restarts_the_services_that_ran(deployed: Deployed) -> None:
+    """Runs last (it changes the box): a new training window rewrites daemon.toml, so the
+    handler restarts serving and the daemon (new pids, serving answers again); the SuperLink,
+    whose configuration did not change, keeps running untouched."""
+    from serving.client import NerClient
+
+    work, inventory, ports, _ = deployed
+    before = _pids(work / "root")
+    assert set(before) == {"superlink", "appliance-serving", "appliance-federation"}, before
+    output = _playbook(inventory, {"hospital_node_window": "00:00-23:58"})
+    assert "Restart through the direct_services role" in output, output[-6000:]
+    after = _pids(work / "root")
+    assert after["superlink"] == before["superlink"]
+    for service in ("appliance-serving", "appliance-federation"):
+        assert after[service] != before[service], (service, before, after)
+        assert Path(f"/proc/{after[service]}").exists(), service
+    assert not Path(f"/proc/{before['appliance-serving']}").exists()
+    daemon_toml = work / "root/etc/appliance/daemon.toml"
+    assert "23:58" in daemon_toml.read_text(encoding="utf-8")
+    pki = work / "pki"
+    with NerClient(
+        f"localhost:{ports['grpc']}", ca=pki / "ca.pem", cert=pki / "client.pem",
+        key=pki / "client.key",
+    ) as client:  # fmt: skip
+        client.wait_ready(180)
+        result = client.analyze("Cisplatin-induced nephrotoxicity.")
+        assert result.model_version.startswith("000001")
