@@ -51,8 +51,13 @@ def variants(src: Path) -> dict[str, Callable[[Path], None] | None]:
     head = [n for n in names if "/score/" in n]
     down = [n for n in names if "/down_proj/" in n]
 
-    def int4(symmetric: bool, level: int) -> Callable[[Path], None]:
-        recipe = {**RECIPES["onnx-int4"], "symmetric": symmetric, "accuracy_level": level}
+    def int4(symmetric: bool, level: int, block: int = 32) -> Callable[[Path], None]:
+        recipe = {
+            **RECIPES["onnx-int4"],
+            "symmetric": symmetric,
+            "accuracy_level": level,
+            "block_size": block,
+        }
         return lambda dst: _nbits(src, dst, ("MatMul", "Gather"), head, recipe)
 
     def int8(keep4: list[str]) -> Callable[[Path], None]:
@@ -67,6 +72,7 @@ def variants(src: Path) -> dict[str, Callable[[Path], None] | None]:
         "fp32 (no quantization)": None,
         "int4 asymmetric, accuracy_level 0 (onnx-int4)": int4(False, 0),
         "int4 asymmetric, accuracy_level 4 (int8 compute)": int4(False, 4),
+        "int4 asymmetric, blocks of 128, accuracy_level 4": int4(False, 4, 128),
         "int4 symmetric, accuracy_level 0": int4(True, 0),
         "int8 everywhere": int8([]),
         "int8, down_proj int4 (onnx-int8)": int8(down),
@@ -103,6 +109,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sentences", type=int, default=600)
     parser.add_argument("--state-dir", type=Path, default=Path.home() / ".cache" / "appliance")
+    parser.add_argument("--out", type=Path, default=RESULT, help="the results file to write")
     args = parser.parse_args()
     package, train_command = ensure_package(args.state_dir)
     rows = []
@@ -144,7 +151,7 @@ def main() -> None:
             f"{r['tokens_per_s']:.0f} | {r['tokens_per_s'] / base['tokens_per_s']:.2f}x | "
             f"{r['mb']:.0f} |"
         )
-    RESULT.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    args.out.write_text("\n".join(lines) + "\n", encoding="utf-8")
 
 
 if __name__ == "__main__":
