@@ -73,7 +73,7 @@ CONFIGS: dict[str, tuple[str, dict[str, Any]]] = {
             "dirichlet",
             _lora_r16(3e-3, lr_schedule="cosine", lora_rank=32, lora_alpha=64, seed=seed),
         )
-        for seed in (14, 15, 16)
+        for seed in (14, 15, 16, 17)
     },
     "full dirichlet": ("dirichlet", {"mode": "full", "learning_rate": 1e-4}),
 }
