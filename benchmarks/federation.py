@@ -144,10 +144,9 @@ def centralized_f1(store: dict[str, Any], rounds: int, seed: int = DEFAULT_SEED)
 
 
 def _row_gap(store: dict[str, Any], row: dict[str, Any]) -> float | None:
-    """Final F1 minus centralized with the same seed (the default seed's when that is missing)."""
+    """Final F1 minus centralized with the same seed (None while that has not run)."""
     seed = int(row["config"].get("seed", DEFAULT_SEED))
     central = centralized_f1(store, row["rounds"], seed)
-    central = centralized_f1(store, row["rounds"]) if central is None else central
     return None if central is None else row["f1_per_round"][-1] - central
 
 
@@ -162,10 +161,10 @@ def seed_table(store: dict[str, Any]) -> list[str]:
     for name, rows in groups.items():
         paired = []
         for row in rows:
-            seed = int(row["config"].get("seed", DEFAULT_SEED))
-            central = centralized_f1(store, row["rounds"], seed)
-            if central is not None:
-                paired.append((seed, row["f1_per_round"][-1], central))
+            gap = _row_gap(store, row)
+            if gap is not None:
+                fed = row["f1_per_round"][-1]
+                paired.append((int(row["config"].get("seed", DEFAULT_SEED)), fed, fed - gap))
         if len(paired) < 2:
             continue
         lines += [f"### {name}: seeds", "", "| seed | federated final F1 | centralized F1 "
