@@ -21,6 +21,7 @@ import time
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -207,11 +208,10 @@ def deployed() -> Iterator[tuple[Path, Path, dict[str, int], str]]:
 Deployed = tuple[Path, Path, dict[str, int], str]
 
 
-def test_installed_appliance_answers_health_and_a_note_over_mtls(deployed: Deployed) -> None:
+def _analyze_over_mtls(work: Path, ports: dict[str, int], text: str) -> Any:
+    """Waits for the installed server to be ready, then analyzes `text` with a client cert."""
     from serving.client import NerClient
 
-    work, _, ports, first = deployed
-    assert "changed=" in first
     pki = work / "pki"
     with NerClient(
         f"localhost:{ports['grpc']}",
@@ -220,8 +220,14 @@ def test_installed_appliance_answers_health_and_a_note_over_mtls(deployed: Deplo
         key=pki / "client.key",
     ) as client:
         client.wait_ready(180)
-        result = client.analyze("Cisplatin-induced nephrotoxicity was excluded.")
-        assert result.model_version.startswith("000001")
+        return client.analyze(text)
+
+
+def test_installed_appliance_answers_health_and_a_note_over_mtls(deployed: Deployed) -> None:
+    work, _, ports, first = deployed
+    assert "changed=" in first
+    result = _analyze_over_mtls(work, ports, "Cisplatin-induced nephrotoxicity was excluded.")
+    assert result.model_version.startswith("000001")
 
 
 def test_plaintext_client_is_refused_by_the_production_box(deployed: Deployed) -> None:
@@ -307,8 +313,6 @@ def test_a_changed_setting_restarts_the_services_that_ran(deployed: Deployed) ->
     """Runs last (it changes the box): a new training window rewrites daemon.toml, so the
     handler restarts serving and the daemon (new pids, serving answers again); the SuperLink,
     whose configuration did not change, keeps running untouched."""
-    from serving.client import NerClient
-
     work, inventory, ports, _ = deployed
     before = _pids(work / "root")
     assert set(before) == {"superlink", "appliance-serving", "appliance-federation"}, before
@@ -322,11 +326,5 @@ def test_a_changed_setting_restarts_the_services_that_ran(deployed: Deployed) ->
     assert not Path(f"/proc/{before['appliance-serving']}").exists()
     daemon_toml = work / "root/etc/appliance/daemon.toml"
     assert "23:58" in daemon_toml.read_text(encoding="utf-8")
-    pki = work / "pki"
-    with NerClient(
-        f"localhost:{ports['grpc']}", ca=pki / "ca.pem", cert=pki / "client.pem",
-        key=pki / "client.key",
-    ) as client:  # fmt: skip
-        client.wait_ready(180)
-        result = client.analyze("Cisplatin-induced nephrotoxicity.")
-        assert result.model_version.startswith("000001")
+    result = _analyze_over_mtls(work, ports, "Cisplatin-induced nephrotoxicity.")
+    assert result.model_version.startswith("000001")
