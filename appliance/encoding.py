@@ -92,13 +92,17 @@ def encode_notes(
     tags: Sequence[str] | None,
     max_tokens: int,
     context_tokens: int,
+    right_tokens: int | None = None,
 ) -> list[EncodedWindow]:
-    """Window every note and tokenize each window; with `tags`, attach gold labels."""
+    """Window every note and tokenize each window; with `tags`, attach gold labels.
+
+    `right_tokens` is the context after each core (default `context_tokens`; see `make_windows`).
+    """
     tag_ids = {tag: i for i, tag in enumerate(tags)} if tags is not None else None
     count = token_counter(tokenizer)
     encoded: list[EncodedWindow] = []
     for index, note in enumerate(notes):
-        for window in make_windows(note, count, max_tokens, context_tokens):
+        for window in make_windows(note, count, max_tokens, context_tokens, right_tokens):
             encoded.append(_encode_window(tokenizer, note, index, window, tag_ids))
     return encoded
 

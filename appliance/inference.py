@@ -13,6 +13,7 @@ from appliance.encoding import EncodedWindow, encode_notes, length_batches
 from appliance.forward import full_logits, logits_from
 from appliance.model import LoadedModel
 from appliance.notes import EntitySpan, Note
+from appliance.windows import right_context
 
 
 @torch.no_grad()
@@ -72,10 +73,15 @@ class Annotator:
         self.context_tokens = context_tokens
         self.batch_size = batch_size
 
-    def predict(self, notes: Sequence[Note]) -> list[NotePrediction]:
-        windows = encode_notes(
-            self.loaded.tokenizer, notes, None, self.max_tokens, self.context_tokens
+    def windows(self, notes: Sequence[Note]) -> list[EncodedWindow]:
+        """The notes' windows; a causal model's carry no right context (it would not read it)."""
+        right = right_context(self.loaded.config.attention, self.context_tokens)
+        return encode_notes(
+            self.loaded.tokenizer, notes, None, self.max_tokens, self.context_tokens, right
         )
+
+    def predict(self, notes: Sequence[Note]) -> list[NotePrediction]:
+        windows = self.windows(notes)
         log_probs = window_log_probs(self.loaded, windows, batch_size=self.batch_size)
         return assemble(len(notes), windows, log_probs, self.loaded.labels)
 

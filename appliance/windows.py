@@ -1,8 +1,10 @@
 """Cut a note into overlapping windows that fit a model's context.
 
 Each window has a *core* (the characters, hence the words, it predicts) and up to
-``context_tokens`` tokens' worth of neighbouring words on each side that it only reads. The cores of
-a note's windows tile its text: every character and every word belongs to exactly one core.
+``context_tokens`` tokens' worth of neighbouring words before it and ``right_context`` after it
+that it only reads. The cores of a note's windows tile its text: every character and every word
+belongs to exactly one core. A causal model never reads what follows a word, so its windows carry
+no right context (`right_context`); that context would cost compute and change nothing.
 """
 
 from __future__ import annotations
@@ -123,33 +125,46 @@ def _pack_cores(
     return cores
 
 
-def _extend(counts: Sequence[int], first: int, last: int, allowance: int) -> tuple[int, int]:
-    """Widen word range ``[first, last)`` by whole words, up to `allowance` tokens each side."""
+def _extend(
+    counts: Sequence[int], first: int, last: int, before: int, after: int
+) -> tuple[int, int]:
+    """Widen word range ``[first, last)`` by whole words, up to `before`/`after` tokens."""
     left, used = first, 0
-    while left > 0 and used + counts[left - 1] <= allowance:
+    while left > 0 and used + counts[left - 1] <= before:
         left -= 1
         used += counts[left]
     right, used = last, 0
-    while right < len(counts) and used + counts[right] <= allowance:
+    while right < len(counts) and used + counts[right] <= after:
         used += counts[right]
         right += 1
     return left, right
 
 
+def right_context(attention: str, context_tokens: int) -> int:
+    """The context after a core that a model with `attention` reads: none when fully causal."""
+    return 0 if attention == "causal" else context_tokens
+
+
 def make_windows(
-    note: Note, token_count: Callable[[str], int], max_tokens: int, context_tokens: int
+    note: Note,
+    token_count: Callable[[str], int],
+    max_tokens: int,
+    context_tokens: int,
+    right_tokens: int | None = None,
 ) -> list[Window]:
     """Windows over `note` whose word-token estimate stays within `max_tokens`.
 
-    Cores hold at most ``max_tokens - 2 * context_tokens`` tokens (only a single word larger than
-    that exceeds it, alone in its core); each side adds up to `context_tokens` tokens of context,
-    less when the core is over-size, so a window exceeds `max_tokens` only for such a word.
+    Cores hold at most ``max_tokens - context_tokens - right_tokens`` tokens (only a single word
+    larger than that exceeds it, alone in its core); up to `context_tokens` tokens of context come
+    before a core and `right_tokens` (default: `context_tokens`) after it, less when the core is
+    over-size, so a window exceeds `max_tokens` only for such a word.
     """
-    budget = max_tokens - 2 * context_tokens
-    if context_tokens < 0 or budget < 1:
+    right = context_tokens if right_tokens is None else right_tokens
+    budget = max_tokens - context_tokens - right
+    if min(context_tokens, right) < 0 or budget < 1:
         raise ValueError(
-            f"window budget too small: max_tokens ({max_tokens}) - 2 * context_tokens "
-            f"({context_tokens}) must be >= 1 and context_tokens >= 0"
+            f"window budget too small: max_tokens ({max_tokens}) - context_tokens "
+            f"({context_tokens}) - right context ({right}) must be >= 1, contexts >= 0"
         )
     words = word_spans(note)
     if not words:
@@ -158,12 +173,12 @@ def make_windows(
     cores = _pack_cores(sentence_spans(note, words), counts, budget)
     windows: list[Window] = []
     for k, (first, last) in enumerate(cores):
-        core_size = sum(counts[first:last])
-        allowance = min(context_tokens, max(0, (max_tokens - core_size) // 2))
-        left, right = _extend(counts, first, last, allowance)
+        spare = max(0, max_tokens - sum(counts[first:last]))
+        after = min(right, spare // 2) if context_tokens else min(right, spare)
+        left, stop = _extend(counts, first, last, min(context_tokens, spare - after), after)
         core_start = 0 if k == 0 else words[first - 1][1]
         core_end = len(note.text) if k == len(cores) - 1 else words[last - 1][1]
-        span = words[left:right]
+        span = words[left:stop]
         windows.append(Window(note.note_id, span[0][0], span[-1][1], core_start, core_end, span))
     return windows
 

@@ -14,6 +14,7 @@ import grpc
 from appliance.decoding import assemble
 from appliance.encoding import EncodedWindow, encode_notes
 from appliance.notes import EntitySpan, Note
+from appliance.windows import right_context
 from serving.api import ner_pb2
 from serving.backends import load_backend
 from serving.backends.base import Backend, BackendOptions
@@ -45,6 +46,7 @@ class ServedModel:
     version: str
     max_tokens: int
     context_tokens: int
+    right_tokens: int  # context after a core: none for a causal model (it would not read it)
     categories: tuple[str, ...]
 
     @property
@@ -53,7 +55,12 @@ class ServedModel:
 
     def encode(self, notes: Sequence[Note]) -> list[EncodedWindow]:
         return encode_notes(
-            self.backend.tokenizer, notes, None, self.max_tokens, self.context_tokens
+            self.backend.tokenizer,
+            notes,
+            None,
+            self.max_tokens,
+            self.context_tokens,
+            self.right_tokens,
         )
 
 
@@ -63,11 +70,14 @@ def load_served_model(config: ServingConfig, path: Path, version: str) -> Served
     backend = load_backend(config.backend, path, options)
     windowing = backend.meta.get("windowing", {})
     categories = sorted({tag[2:] for tag in backend.labels if tag[:2] in ("B-", "I-")})
+    context = int(windowing.get("context_tokens", 64))
+    attention = str(backend.meta.get("attention", "bidirectional"))
     model = ServedModel(
         backend,
         version,
         int(windowing.get("max_tokens", 512)),
-        int(windowing.get("context_tokens", 64)),
+        context,
+        right_context(attention, context),
         tuple(categories),
     )
     smoke_check(model)

@@ -10,7 +10,14 @@ import pytest
 
 from appliance.notes import Note
 from appliance.readers import read_conll
-from appliance.windows import Window, make_windows, sentence_spans, word_spans, words_in_core
+from appliance.windows import (
+    Window,
+    make_windows,
+    right_context,
+    sentence_spans,
+    word_spans,
+    words_in_core,
+)
 
 VOCAB = [
     "patient",
@@ -90,6 +97,34 @@ def test_random_notes_tile(seed: int) -> None:
         assert windows[1].start < windows[1].core_start  # left context is really there
 
 
+@pytest.mark.parametrize("seed", range(6))
+def test_left_context_only_tiles(seed: int) -> None:
+    rng = random.Random(100 + seed)
+    note = Note(f"l{seed}", random_text(rng, rng.randint(2, 30)))
+    max_tokens, context = rng.choice([(8, 2), (16, 4), (64, 8), (200, 50)])
+    windows = make_windows(note, count, max_tokens, context, 0)
+    check_windows(note, windows, max_tokens)
+    for w in windows:  # the window ends with its core: nothing after it is read
+        assert words_in_core(w)[-1] == len(w.words) - 1
+
+
+def test_no_right_context_frees_core_budget() -> None:
+    note = Note("l", " ".join(f"w{i}" for i in range(100)) + ".")
+    both = make_windows(note, lambda w: 1, 10, 2)
+    left = make_windows(note, lambda w: 1, 10, 2, 0)
+    assert max(len(words_in_core(w)) for w in both) == 6
+    assert max(len(words_in_core(w)) for w in left) == 8
+    assert all(len(w.words) <= 10 for w in left)
+    assert len(left) < len(both)
+    assert words_in_core(left[1]) == list(range(2, 10))  # two words of left context
+
+
+def test_only_causal_models_skip_right_context() -> None:
+    assert right_context("causal", 32) == 0
+    assert right_context("bidirectional", 32) == 32
+    assert right_context("bidirectional-trained", 32) == 32
+
+
 def test_words_are_spacy_tokens_without_whitespace() -> None:
     note = Note("n", "  Fiebre 39°C,\n\ncafé 🙂 糖尿病。  ")
     spans = word_spans(note)
@@ -136,10 +171,13 @@ def test_no_words_no_windows(text: str) -> None:
     assert make_windows(Note("e", text), count, 16, 4) == []
 
 
-@pytest.mark.parametrize(("max_tokens", "context"), [(8, 4), (9, 5), (0, 0), (10, -1)])
-def test_bad_budget(max_tokens: int, context: int) -> None:
+@pytest.mark.parametrize(
+    ("max_tokens", "context", "right"),
+    [(8, 4, None), (9, 5, None), (0, 0, None), (10, -1, None), (8, 2, 6), (8, 2, -1)],
+)
+def test_bad_budget(max_tokens: int, context: int, right: int | None) -> None:
     with pytest.raises(ValueError, match="window budget too small"):
-        make_windows(Note("n", "text"), count, max_tokens, context)
+        make_windows(Note("n", "text"), count, max_tokens, context, right)
 
 
 def test_conll_words_respected(tmp_path: Path) -> None:
