@@ -1,7 +1,7 @@
 """Cut a note into overlapping windows that fit a model's context.
 
 Each window has a *core* (the characters, hence the words, it predicts) and up to
-``context_tokens`` tokens' worth of neighbouring words before it and ``right_context`` after it
+``context_tokens`` tokens' worth of neighbouring words before it and ``right_tokens`` after it
 that it only reads. The cores of a note's windows tile its text: every character and every word
 belongs to exactly one core. A causal model never reads what follows a word, so its windows carry
 no right context (`right_context`); that context would cost compute and change nothing.

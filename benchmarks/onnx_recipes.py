@@ -34,7 +34,9 @@ from appliance.decoding import assemble  # noqa: E402
 from appliance.encoding import encode_notes, pad_windows, word_tags  # noqa: E402
 from appliance.evaluation import entity_scores  # noqa: E402
 from appliance.notes import Note  # noqa: E402
+from appliance.package_meta import read_package_meta  # noqa: E402
 from appliance.readers import read_conll  # noqa: E402
+from appliance.windows import right_context  # noqa: E402
 from benchmarks.serving import build_notes, ensure_package, machine  # noqa: E402
 from serving.backends.onnx_export import (  # noqa: E402
     RECIPES,
@@ -44,9 +46,7 @@ from serving.backends.onnx_export import (  # noqa: E402
 )
 
 RESULT = ROOT / "benchmarks" / "results" / "onnx_recipes.md"
-# The windows `appliance serve` cuts for this causal package: 256 tokens, 32 of left context and
-# none on the right (appliance.windows.right_context).
-SERVED = (256, 32, 0)
+Windowing = tuple[int, int, int]  # max tokens, left context, right context
 
 
 def variants(src: Path) -> dict[str, Callable[[Path], None] | None]:
@@ -106,21 +106,27 @@ def _runner(path: Path, pad_id: int) -> Runner:
     return run
 
 
-def _f1(
-    run: Callable[[list[Any]], list[np.ndarray]], notes: list[Note], windows: list[Any]
-) -> float:
+def _f1(run: Runner, notes: list[Note], windows: list[Any]) -> float:
     predictions = assemble(len(notes), windows, run(windows), LABELS)
     gold = [word_tags(n.words or (), n.entities) for n in notes]
     return float(entity_scores(gold, [list(p.tags) for p in predictions])["overall"].f1)
 
 
+def served_windowing(package: Path) -> Windowing:
+    """The windows `appliance serve` cuts for `package` (no right context when it is causal)."""
+    meta = read_package_meta(package)
+    context = int(meta["windowing"]["context_tokens"])
+    right = right_context(meta["attention"], context)
+    return int(meta["windowing"]["max_tokens"]), context, right
+
+
 def score(
-    path: Path, sentences: list[Note], notes: list[Note], long: list[Any], tok: Any
+    path: Path, sentences: list[Note], notes: list[Note], long: list[Any], tok: Any, w: Windowing
 ) -> dict[str, float]:
-    """Strict F1 on `sentences` and on `notes` (served windows), tokens/s on `long`, file MB."""
+    """Strict F1 on `sentences` and on `notes` (windows `w`), tokens/s on `long`, file MB."""
     run = _runner(path, int(tok.pad_token_id))
-    f1 = _f1(run, sentences, encode_notes(tok, sentences, None, *SERVED))
-    notes_f1 = _f1(run, notes, encode_notes(tok, notes, None, *SERVED)) if notes else float("nan")
+    f1 = _f1(run, sentences, encode_notes(tok, sentences, None, *w))
+    notes_f1 = _f1(run, notes, encode_notes(tok, notes, None, *w)) if notes else float("nan")
     run(long[:16])  # warm-up
     started = time.perf_counter()
     run(long)
@@ -128,9 +134,13 @@ def score(
     return {"f1": f1, "notes_f1": notes_f1, "tokens_per_s": speed, "mb": path.stat().st_size / 1e6}
 
 
-def measure(args: argparse.Namespace) -> tuple[list[tuple[str, dict[str, float]]], int, str]:
-    """Every variant's scores, the number of speed windows, and the package's train command."""
+Rows = list[tuple[str, dict[str, float]]]
+
+
+def measure(args: argparse.Namespace) -> tuple[Rows, int, Windowing, str]:
+    """Every variant's scores, the number of speed windows, the windowing, the train command."""
     package, train_command = ensure_package(args.state_dir)
+    served = served_windowing(package)
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
@@ -140,14 +150,14 @@ def measure(args: argparse.Namespace) -> tuple[list[tuple[str, dict[str, float]]
         tok = PreTrainedTokenizerFast.from_pretrained(str(work / "tokenizer"))
         sentences = read_conll(ROOT / "data/bc5cdr/test.tsv").notes[: args.sentences]
         notes = [n for n, _ in build_notes(tok, args.notes, 500)] if args.notes else []
-        long = encode_notes(tok, [n for n, _ in build_notes(tok, 8, 500)], None, *SERVED)
+        long = encode_notes(tok, [n for n, _ in build_notes(tok, 8, 500)], None, *served)
         for i, (name, make) in enumerate(variants(work / "model.fp32.onnx").items()):
             path = work / "model.fp32.onnx" if make is None else work / f"v{i}.onnx"
             if make is not None:
                 make(path)
-            rows.append((name, score(path, sentences, notes, long, tok)))
+            rows.append((name, score(path, sentences, notes, long, tok, served)))
             print(name, rows[-1][1], flush=True)
-    return rows, len(long), train_command
+    return rows, len(long), served, train_command
 
 
 def main() -> None:
@@ -157,7 +167,7 @@ def main() -> None:
     parser.add_argument("--state-dir", type=Path, default=Path.home() / ".cache" / "appliance")
     parser.add_argument("--out", type=Path, default=RESULT, help="the results file to write")
     args = parser.parse_args()
-    rows, n_long, train_command = measure(args)
+    rows, n_long, served, train_command = measure(args)
     lines = [
         "# ONNX quantization recipes",
         "",
@@ -168,8 +178,9 @@ def main() -> None:
         "",
         f"Strict F1 on the first {args.sentences} BC5CDR test sentences, and on {args.notes} "
         "notes of ~500 tokens built from consecutive test sentences (the serving benchmark's "
-        f"notes), both cut into the windows `appliance serve` uses for this causal package "
-        f"({SERVED[0]} tokens, {SERVED[1]} of left context, none on the right); tokens/s on the "
+        "notes), both cut into the windows `appliance serve` uses for this package "
+        f"({served[0]} tokens, {served[1]} of context before a core, {served[2]} after it); "
+        "tokens/s on the "
         f"{n_long} windows of 8 such notes in batches of 16; one ONNX Runtime session per "
         "variant, run one after the other in one process. The token embedding is 4-bit and the "
         "head fp32 in every quantized variant.",
