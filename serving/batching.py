@@ -6,7 +6,7 @@ import logging
 import queue
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 
@@ -47,18 +47,48 @@ class _Work:
         return sum(len(w) for w in self.windows)
 
 
-def token_chunks(lengths: Sequence[int], budget: int) -> list[range]:
-    """Consecutive index ranges whose lengths sum to at most `budget` (one window at least)."""
-    chunks: list[range] = []
-    start, used = 0, 0
-    for i, n in enumerate(lengths):
-        if i > start and used + n > budget:
-            chunks.append(range(start, i))
-            start, used = i, 0
-        used += n
-    if start < len(lengths):
-        chunks.append(range(start, len(lengths)))
+# A window joins a padded model batch only if it is at least this share of the batch's longest:
+# padding costs as much as real tokens, a separate run only its fixed overhead (measured 9 ms,
+# the time of about 7 tokens, for the 135M model in ONNX Runtime on 2 cores).
+SIMILAR_LENGTH = 7 / 8
+
+
+def length_chunks(lengths: Sequence[int], budget: int) -> list[list[int]]:
+    """Index groups to run as one padded batch each: similar lengths, padded size within budget.
+
+    Windows go longest first; a new group starts when the next window is shorter than
+    `SIMILAR_LENGTH` of the group's longest (so at most 1/8 of a batch is padding) or when the
+    padded group would exceed `budget` tokens. A group always holds one window at least.
+    """
+    order = sorted(range(len(lengths)), key=lambda i: (-lengths[i], i))
+    chunks: list[list[int]] = []
+    for i in order:
+        group = chunks[-1] if chunks else None
+        if group is not None:
+            longest = lengths[group[0]]
+            fits = (len(group) + 1) * longest <= budget
+            if fits and lengths[i] >= SIMILAR_LENGTH * longest:
+                group.append(i)
+                continue
+        chunks.append([i])
     return chunks
+
+
+def infer_grouped(
+    backend: Backend,
+    windows: Sequence[EncodedWindow],
+    budget: int,
+    observe: Callable[[Sequence[EncodedWindow]], None] | None = None,
+) -> list[np.ndarray]:
+    """Each window's log-probs, in order, from one model run per `length_chunks` group."""
+    out: dict[int, np.ndarray] = {}  # by window index: groups run out of order
+    for chunk in length_chunks([len(w) for w in windows], budget):
+        batch = [windows[i] for i in chunk]
+        if observe is not None:
+            observe(batch)
+        for i, log_probs in zip(chunk, backend.log_probs(batch), strict=True):
+            out[i] = log_probs
+    return [out[i] for i in range(len(windows))]
 
 
 class Batcher:
@@ -158,10 +188,8 @@ class Batcher:
             at += n
 
     def _infer(self, backend: Backend, windows: list[EncodedWindow]) -> list[np.ndarray]:
-        out: list[np.ndarray] = []
-        for chunk in token_chunks([len(w) for w in windows], self.token_budget):
-            batch = [windows[i] for i in chunk]
+        def observe(batch: Sequence[EncodedWindow]) -> None:
             self.metrics.batch_windows.observe(len(batch))
             self.metrics.batch_tokens.observe(sum(len(w) for w in batch))
-            out.extend(backend.log_probs(batch))
-        return out
+
+        return infer_grouped(backend, windows, self.token_budget, observe)

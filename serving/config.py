@@ -40,7 +40,7 @@ class ServingConfig:
     max_note_chars: int = 125_000
     max_batch_notes: int = 64
     max_queue: int = 256  # queued requests before RESOURCE_EXHAUSTED
-    token_budget: int = 1024  # tokens per model batch (1024 measured fastest on 2 cores)
+    token_budget: int = 1024  # padded tokens per model batch (1024 measured fastest, 2 cores)
     max_queue_delay_ms: float = 5.0  # how long the batcher waits to fill a batch
     workers: int = 16  # gRPC handler threads
     watch_interval_s: float = 2.0
