@@ -18,6 +18,7 @@ import argparse
 import os
 import sys
 import time
+from collections.abc import Sequence
 from datetime import date
 from pathlib import Path
 from typing import Any
@@ -29,15 +30,11 @@ sys.path.insert(0, str(ROOT))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from benchmarks.serving import build_notes, ensure_package, machine  # noqa: E402
-from serving.batching import infer_grouped, length_chunks  # noqa: E402
+from serving.batching import infer_grouped  # noqa: E402
 from serving.config import ServingConfig  # noqa: E402
 from serving.engine import ServedModel, load_served_model  # noqa: E402
 
 BUDGET = ServingConfig.token_budget
-
-
-def padded_tokens(lengths: list[int], groups: list[list[int]]) -> int:
-    return sum(len(g) * max(lengths[i] for i in g) for g in groups)
 
 
 def measure(model: ServedModel, notes: list[Any]) -> dict[str, float]:
@@ -48,17 +45,19 @@ def measure(model: ServedModel, notes: list[Any]) -> dict[str, float]:
     seconds = {"one batch": 0.0, "length groups": 0.0}
     padded = {"one batch": 0, "length groups": 0}
     diff = 0.0
+
+    def count(batch: Sequence[Any]) -> None:  # the groups as they ran: padded to their longest
+        padded["length groups"] += len(batch) * max(len(w) for w in batch)
+
     for windows in per_note:
-        lengths = [len(w) for w in windows]
         t0 = time.perf_counter()
         whole = run_all(windows)
         t1 = time.perf_counter()
-        grouped = infer_grouped(model.backend, windows, BUDGET)
+        grouped = infer_grouped(model.backend, windows, BUDGET, count)
         t2 = time.perf_counter()
         seconds["one batch"] += t1 - t0
         seconds["length groups"] += t2 - t1
-        padded["one batch"] += len(windows) * max(lengths)
-        padded["length groups"] += padded_tokens(lengths, length_chunks(lengths, BUDGET))
+        padded["one batch"] += len(windows) * max(len(w) for w in windows)
         diff = max(diff, *(float(np.abs(a - b).max()) for a, b in zip(whole, grouped, strict=True)))
     tokens = sum(n for _, n in notes)
     out = {f"{k} tokens/s": tokens / v for k, v in seconds.items()}
