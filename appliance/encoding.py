@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
-from functools import lru_cache
 
 import numpy as np
 from transformers import PreTrainedTokenizerBase
@@ -36,54 +35,52 @@ class EncodedWindow:
 
 
 def word_tags(words: Sequence[WordSpan], entities: Sequence[EntitySpan]) -> list[str]:
-    """Gold IOB2 tag of each word from character-offset entities (a word inside a span is I-)."""
+    """Gold IOB2 tag of each of `words` (a note's, or a window's) from character-offset entities.
+
+    A word inside a span is I-; the first is B- unless the span began before `words` do (an
+    entity that a window boundary cuts, e.g. inside a long word cut into pieces, goes on as I-).
+    """
     tags = ["O"] * len(words)
     for entity in entities:
         inside = [j for j, (s, e) in enumerate(words) if s < entity.end and e > entity.start]
         for rank, j in enumerate(inside):
-            tags[j] = f"{'B' if rank == 0 else 'I'}-{entity.label}"
+            begins = rank == 0 and (j > 0 or words[j][0] <= entity.start)
+            tags[j] = f"{'B' if begins else 'I'}-{entity.label}"
     return tags
 
 
-def token_counter(tokenizer: PreTrainedTokenizerBase) -> Callable[[str], int]:
-    """Estimate of a word's token count, as it appears after a space (memoized)."""
-
-    @lru_cache(maxsize=200_000)
-    def count(word: str) -> int:
-        return len(tokenizer(" " + word, add_special_tokens=False)["input_ids"])
-
-    return count
+def special_frame(tokenizer: PreTrainedTokenizerBase) -> tuple[list[int], list[int]]:
+    """The special tokens the tokenizer puts before and after a text (e.g. BOS, EOS)."""
+    plain = tokenizer("a", add_special_tokens=False)["input_ids"]
+    framed = tokenizer("a", add_special_tokens=True)["input_ids"]
+    at = next(
+        (i for i in range(len(framed)) if framed[i : i + len(plain)] == plain),
+        None,
+    )
+    if at is None:
+        raise ValueError("the tokenizer's special tokens wrap a text in an unexpected way")
+    return list(framed[:at]), list(framed[at + len(plain) :])
 
 
 def _encode_window(
-    tokenizer: PreTrainedTokenizerBase,
     note: Note,
     note_index: int,
     window: Window,
+    note_ids: Sequence[int],
+    frame: tuple[list[int], list[int]],
     tag_ids: dict[str, int] | None,
 ) -> EncodedWindow:
-    text = note.text[window.start : window.end]
-    enc = tokenizer(
-        text, return_offsets_mapping=True, return_special_tokens_mask=True, add_special_tokens=True
-    )
-    owner = [-1] * len(text)
-    pairs = zip(enc["offset_mapping"], enc["special_tokens_mask"], strict=True)
-    for t, ((s, e), special) in enumerate(pairs):
-        if not special:
-            for c in range(s, e):
-                owner[c] = t
-    word_token = tuple(owner[e - 1 - window.start] for _, e in window.words)
-    if min(word_token, default=0) < 0:
-        raise ValueError(f"note {note.note_id}: a word has no token (tokenizer offsets broken)")
+    prefix, suffix = frame
+    first, last = window.tokens
+    input_ids = (*prefix, *note_ids[first:last], *suffix)
+    word_token = tuple(len(prefix) + t - first for t in window.word_tokens)
     core = tuple(words_in_core(window))
-    labels = [IGNORE] * len(enc["input_ids"])
+    labels = [IGNORE] * len(input_ids)
     if tag_ids is not None:
         tags = word_tags(window.words, note.entities)
         for j in core:
             labels[word_token[j]] = tag_ids[tags[j]]
-    return EncodedWindow(
-        note_index, window, tuple(enc["input_ids"]), word_token, core, tuple(labels)
-    )
+    return EncodedWindow(note_index, window, input_ids, word_token, core, tuple(labels))
 
 
 def encode_notes(
@@ -94,16 +91,25 @@ def encode_notes(
     context_tokens: int,
     right_tokens: int | None = None,
 ) -> list[EncodedWindow]:
-    """Window every note and tokenize each window; with `tags`, attach gold labels.
+    """Window every note and give each window its model token ids; with `tags`, gold labels.
 
+    Each note is tokenized once, whole; a window reads a slice of those tokens between the
+    tokenizer's special tokens, so no window ever exceeds `max_tokens` (specials included).
     `right_tokens` is the context after each core (default `context_tokens`; see `make_windows`).
     """
     tag_ids = {tag: i for i, tag in enumerate(tags)} if tags is not None else None
-    count = token_counter(tokenizer)
+    frame = special_frame(tokenizer)
+    room = max_tokens - len(frame[0]) - len(frame[1])
     encoded: list[EncodedWindow] = []
+    if not notes:
+        return encoded
+    batch = tokenizer(
+        [note.text for note in notes], add_special_tokens=False, return_offsets_mapping=True
+    )
     for index, note in enumerate(notes):
-        for window in make_windows(note, count, max_tokens, context_tokens, right_tokens):
-            encoded.append(_encode_window(tokenizer, note, index, window, tag_ids))
+        ids, offsets = batch["input_ids"][index], batch["offset_mapping"][index]
+        for window in make_windows(note, offsets, room, context_tokens, right_tokens):
+            encoded.append(_encode_window(note, index, window, ids, frame, tag_ids))
     return encoded
 
 

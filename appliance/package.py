@@ -1,7 +1,7 @@
 """Model packages: only the trained layers + head, label map, base fingerprint and provenance.
 
-A package directory holds `weights.safetensors` and `package.json`. It loads back onto the exact
-base it was trained from; any other base is refused.
+A package directory holds `weights.safetensors` and `package.json` (which records the weights'
+size and sha256). It loads back onto the exact base it was trained from; any other base is refused.
 """
 
 from __future__ import annotations
@@ -23,7 +23,15 @@ from appliance.errors import PackageError
 from appliance.forward import set_attention
 from appliance.layers import LayerSelection
 from appliance.model import LoadedModel, load_model
-from appliance.package_meta import FORMAT, META, WEIGHTS, read_package_meta
+from appliance.package_meta import (
+    FORMAT,
+    META,
+    WEIGHTS,
+    missing,
+    read_package_meta,
+    verified_weights_sha256,
+    weights_record,
+)
 
 
 @dataclass(frozen=True)
@@ -63,6 +71,7 @@ def save_package(
     save_file(tensors, str(tmp / WEIGHTS))
     meta = {
         "format": FORMAT,
+        "weights": weights_record(tmp),
         "created": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         "base": {
             "spec": loaded.config.base,
@@ -89,16 +98,18 @@ def save_package(
 
 
 def read_package(path: str | Path) -> ModelPackage:
+    """Read a package, refusing a weights file that differs from package.json's record."""
     root = Path(path)
     meta = read_package_meta(root)
+    if meta.get("format") != FORMAT:
+        raise PackageError(f"{root}: unknown package format {meta.get('format')!r}")
+    verified_weights_sha256(root, meta)
     try:
         tensors = load_file(str(root / WEIGHTS))
     except FileNotFoundError as err:
-        raise PackageError(f"{root}: not a model package ({WEIGHTS} missing)") from err
+        raise missing(root, WEIGHTS) from err
     except (OSError, ValueError, SafetensorError) as err:
-        raise PackageError(f"{root}: unreadable model package: {err}") from err
-    if meta.get("format") != FORMAT:
-        raise PackageError(f"{root}: unknown package format {meta.get('format')!r}")
+        raise PackageError(f"{root / WEIGHTS}: unreadable: {err}") from err
     return ModelPackage(root, meta, tensors)
 
 

@@ -2,9 +2,14 @@
 
 Layout (one directory per box, e.g. /var/lib/appliance/registry)::
 
-    versions/<version>/      one model package per version (package.json + weights.safetensors)
-    current -> versions/<v>  a relative symlink; moved atomically (rename over the old link)
-    history.jsonl            one JSON line per publish / promote / reject, with the reason
+    versions/<version>/          one model package per version (package.json + weights.safetensors)
+    versions/<version>.partial/  a version being written; renamed to versions/<version> when whole
+    current -> versions/<v>      a relative symlink; moved atomically (rename over the old link)
+    history.jsonl                one JSON line per publish / promote / reject, with the reason
+
+A writer that dies part way leaves at most a `.partial` directory (never listed, never promoted,
+its number never reused) or a whole version that `current` does not point at; files and the
+directories that name them are flushed to disk before each rename, so a power cut does the same.
 
 Versions are `NNNNNN-<label>`; the counter orders them, the label says where they came from.
 Serving only reads (`current`); the federation daemon publishes and promotes. The two packages
@@ -17,19 +22,37 @@ import datetime as dt
 import json
 import os
 import re
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 VERSIONS = "versions"
 CURRENT = "current"
 HISTORY = "history.jsonl"
+PARTIAL = ".partial"
 _VERSION = re.compile(r"^(\d{6})-[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 _LABEL = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 
 
 def _is_version(name: str) -> bool:
-    return bool(_VERSION.match(name)) and not name.endswith(".partial")
+    return bool(_VERSION.match(name)) and not name.endswith(PARTIAL)
+
+
+def _fsync(path: Path) -> None:
+    """Flush a file's or a directory's entries to disk (a rename is durable only after this)."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _fsync_tree(root: Path) -> None:
+    for folder, _, files in os.walk(root):
+        for name in files:
+            _fsync(Path(folder) / name)
+        _fsync(Path(folder))
 
 
 class RegistryError(ValueError):
@@ -40,6 +63,11 @@ class RegistryError(ValueError):
 class RegistryVersion:
     version: str
     path: Path
+
+    @property
+    def partial(self) -> Path:
+        """Where the version is written before it is renamed to `path`."""
+        return self.path.with_name(self.path.name + PARTIAL)
 
 
 class ModelRegistry:
@@ -64,7 +92,8 @@ class ModelRegistry:
         return path
 
     def allocate(self, label: str) -> RegistryVersion:
-        """A fresh, not yet existing version path; write a package there, then `promote`."""
+        """A fresh, not yet existing version: write it whole under `.partial`, rename it to
+        `.path` (`publish` does both), then `promote` it."""
         if not _LABEL.match(label):
             raise RegistryError(f"version label {label!r}: use letters, digits, '.', '_', '-'")
         (self.root / VERSIONS).mkdir(parents=True, exist_ok=True)
@@ -73,6 +102,17 @@ class ModelRegistry:
         number = max(taken + [0]) + 1
         version = f"{number:06d}-{label}"
         return RegistryVersion(version, self.root / VERSIONS / version)
+
+    def publish(self, source: str | Path, label: str, reason: str = "") -> RegistryVersion:
+        """Copy the package directory `source` in as a new version; it appears whole or not at
+        all. Not promoted: `current` is unchanged."""
+        slot = self.allocate(label)
+        shutil.copytree(source, slot.partial)
+        _fsync_tree(slot.partial)
+        slot.partial.rename(slot.path)
+        _fsync(slot.path.parent)
+        self.record("publish", slot.version, reason or f"published from {Path(source).name}")
+        return slot
 
     def current(self) -> RegistryVersion | None:
         """The version `current` points at, or None when nothing was promoted yet."""
@@ -93,6 +133,7 @@ class ModelRegistry:
             tmp.unlink()
         tmp.symlink_to(Path(VERSIONS) / version)
         tmp.replace(self.root / CURRENT)
+        _fsync(self.root)
         self.record("promote", version, reason, **details)
         return RegistryVersion(version, path)
 
@@ -106,12 +147,34 @@ class ModelRegistry:
             "reason": reason,
             **details,
         }
-        with (self.root / HISTORY).open("a", encoding="utf-8") as handle:
-            handle.write(json.dumps(entry, sort_keys=True) + "\n")
+        line = json.dumps(entry, sort_keys=True) + "\n"
+        with (self.root / HISTORY).open("a+b") as handle:
+            _drop_unfinished_line(handle)
+            handle.write(line.encode("utf-8"))
+            handle.flush()
+            os.fsync(handle.fileno())
 
     def history(self) -> list[dict[str, Any]]:
+        """All events, oldest first. An event is a line ending in a newline: a line a dying
+        writer left unfinished is not one (the next `record` cuts it off)."""
         path = self.root / HISTORY
         if not path.exists():
             return []
-        lines = path.read_text(encoding="utf-8").splitlines()
-        return [json.loads(line) for line in lines if line.strip()]
+        lines = path.read_bytes().split(b"\n")[:-1]
+        events = []
+        for number, line in enumerate(lines, 1):
+            if not line.strip():
+                continue
+            try:
+                events.append(json.loads(line))
+            except ValueError as err:
+                raise RegistryError(f"{path}:{number}: not a JSON event ({err})") from err
+        return events
+
+
+def _drop_unfinished_line(handle: BinaryIO) -> None:
+    """Truncate an append-mode file back to its last newline (after a writer died mid-line)."""
+    handle.seek(0)
+    text = handle.read()
+    if text and not text.endswith(b"\n"):
+        handle.truncate(text.rfind(b"\n") + 1)

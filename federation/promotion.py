@@ -9,7 +9,6 @@ and finds entities in a smoke note. A rejected or broken candidate stays in `ver
 from __future__ import annotations
 
 import logging
-import shutil
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -51,13 +50,8 @@ def heldout_f1(
 
 
 def publish(registry: ModelRegistry, candidate: Path, label: str) -> RegistryVersion:
-    """Copy a package into `versions/` (via a `.partial` dir, so it appears whole or not at all)."""
-    slot = registry.allocate(label)
-    partial = slot.path.with_name(slot.path.name + ".partial")
-    shutil.copytree(candidate, partial)
-    partial.rename(slot.path)
-    registry.record("publish", slot.version, f"published from {candidate.name}")
-    return slot
+    """Copy a package into `versions/`; it appears whole or not at all (`ModelRegistry.publish`)."""
+    return registry.publish(candidate, label, f"published from {candidate.name}")
 
 
 def promote_if_not_worse(

@@ -91,31 +91,59 @@ def infer_grouped(
     return [out[i] for i in range(len(windows))]
 
 
+@dataclass(frozen=True)
+class QueueLimits:
+    """What the batcher admits: requests waiting, and model tokens admitted but not answered."""
+
+    max_requests: int
+    max_tokens: int
+
+
 class Batcher:
     """Bounded request queue + a worker thread that runs the model on grouped windows."""
 
     def __init__(
-        self, token_budget: int, max_delay_s: float, max_queue: int, metrics: ServingMetrics
+        self, token_budget: int, max_delay_s: float, limits: QueueLimits, metrics: ServingMetrics
     ) -> None:
         self.token_budget = token_budget
         self.max_delay_s = max_delay_s
         self.metrics = metrics
-        self._queue: queue.Queue[_Work | None] = queue.Queue(maxsize=max_queue)
+        self.limits = limits
+        self._queue: queue.Queue[_Work | None] = queue.Queue(maxsize=limits.max_requests)
         self._carry: _Work | None = None
+        self._tokens = 0  # admitted, not yet answered
+        self._tokens_lock = threading.Lock()
         self._thread = threading.Thread(target=self._loop, name="ner-batcher", daemon=True)
         self._thread.start()
-        metrics.watch_queue(self._queue.qsize)
+        metrics.watch_queue(self._queue.qsize, lambda: self._tokens)
 
     def submit(
         self, backend: Backend, windows: Sequence[EncodedWindow], deadline: float | None
     ) -> Future[BatchResult]:
-        """Queue one request's windows for `backend` (the model it was tokenized for)."""
+        """Queue one request's windows for `backend` (the model it was tokenized for).
+
+        Raises QueueFull when the request queue or the admitted tokens are at their limit.
+        """
         work = _Work(backend, windows, deadline)
+        need = work.tokens
+        with self._tokens_lock:
+            if self._tokens + need > self.limits.max_tokens:
+                raise QueueFull(
+                    f"the server holds {self._tokens} model tokens of admitted work; this request "
+                    f"needs {need} and the limit is {self.limits.max_tokens} (max_queue_tokens)"
+                )
+            self._tokens += need
         try:
             self._queue.put_nowait(work)
         except queue.Full:
+            self._release(need)
             raise QueueFull(f"the request queue is full ({self._queue.maxsize} requests)") from None
+        work.future.add_done_callback(lambda _: self._release(need))
         return work.future
+
+    def _release(self, tokens: int) -> None:
+        with self._tokens_lock:
+            self._tokens -= tokens
 
     def stop(self) -> None:
         self._queue.put(None)
@@ -153,6 +181,8 @@ class Batcher:
                 return
             group = self._collect(first)
             self._run(group)
+            if self._carry is None and self._queue.empty():
+                group[0].backend.release_memory()  # idle: give the batch's memory back
 
     def _live(self, group: list[_Work]) -> list[_Work]:
         now = time.monotonic()

@@ -40,9 +40,19 @@ class ServingConfig:
     max_note_chars: int = 125_000
     max_batch_notes: int = 64
     max_queue: int = 256  # queued requests before RESOURCE_EXHAUSTED
+    # Model tokens one request may carry: a note over it can never fit (INVALID_ARGUMENT), a
+    # batch over it is refused (RESOURCE_EXHAUSTED). 16,384 is ~60,000 characters of English,
+    # ~15 s of one core-pair's work on the 135M model; CJK or emoji take 2-3 tokens a character.
+    max_request_tokens: int = 16_384
+    # Model tokens admitted and not yet answered, server-wide (RESOURCE_EXHAUSTED beyond it).
+    max_queue_tokens: int = 65_536
     token_budget: int = 1024  # padded tokens per model batch (1024 measured fastest, 2 cores)
     max_queue_delay_ms: float = 5.0  # how long the batcher waits to fill a batch
     workers: int = 16  # gRPC handler threads
+    # Give model-run memory back to the OS whenever the queue runs empty (ONNX Runtime arena
+    # shrinkage after each run, glibc malloc_trim): resident memory returns near idle after a
+    # large request (benchmarks/results/serving_memory.md).
+    release_memory: bool = True
     watch_interval_s: float = 2.0
     drain_grace_s: float = 10.0
     tls_cert: Path | None = None  # server certificate chain (PEM)
@@ -55,9 +65,15 @@ class ServingConfig:
             raise ValueError("set exactly one of package (a fixed model) or registry (watched)")
         if self.backend not in BACKENDS:
             raise ValueError(f"backend: {self.backend!r} unknown; choose one of {sorted(BACKENDS)}")
-        for name in ("max_note_chars", "max_batch_notes", "max_queue", "token_budget", "workers"):
+        positive = ("max_note_chars", "max_batch_notes", "max_queue", "token_budget", "workers")
+        for name in (*positive, "max_request_tokens", "max_queue_tokens"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name}: must be at least 1, got {getattr(self, name)}")
+        if self.max_request_tokens > self.max_queue_tokens:
+            raise ValueError(
+                f"max_request_tokens ({self.max_request_tokens}) must not exceed "
+                f"max_queue_tokens ({self.max_queue_tokens}): such a request could never run"
+            )
         for name in ("max_queue_delay_ms", "watch_interval_s", "drain_grace_s"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name}: must not be negative, got {getattr(self, name)}")

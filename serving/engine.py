@@ -18,7 +18,7 @@ from appliance.windows import right_context
 from serving.api import ner_pb2
 from serving.backends import load_backend
 from serving.backends.base import Backend, BackendOptions
-from serving.batching import Batcher, DeadlinePassed, QueueFull
+from serving.batching import Batcher, BatchResult, DeadlinePassed, QueueFull, QueueLimits
 from serving.config import ServingConfig
 from serving.metrics import ServingMetrics
 from serving.offsets import UNITS, offset_table
@@ -66,7 +66,12 @@ class ServedModel:
 
 def load_served_model(config: ServingConfig, path: Path, version: str) -> ServedModel:
     """Load `path` with the configured backend and prove it annotates the smoke sentence."""
-    options = BackendOptions(state_dir=config.state_dir, base=config.base, threads=config.threads)
+    options = BackendOptions(
+        state_dir=config.state_dir,
+        base=config.base,
+        threads=config.threads,
+        release_memory=config.release_memory,
+    )
     backend = load_backend(config.backend, path, options)
     windowing = backend.meta.get("windowing", {})
     categories = sorted({tag[2:] for tag in backend.labels if tag[:2] in ("B-", "I-")})
@@ -122,8 +127,9 @@ class Engine:
         self.metrics = metrics
         self.model: ServedModel | None = None
         self.accepting = True
+        limits = QueueLimits(config.max_queue, config.max_queue_tokens)
         self.batcher = Batcher(
-            config.token_budget, config.max_queue_delay_ms / 1000, config.max_queue, metrics
+            config.token_budget, config.max_queue_delay_ms / 1000, limits, metrics
         )
         self._tokenize_lock = threading.Lock()  # fast tokenizers refuse concurrent use
 
@@ -180,42 +186,82 @@ class Engine:
     def analyze(
         self, requests: Sequence[NoteRequest], deadline: float | None
     ) -> list[ner_pb2.AnalyzeResponse | RequestError]:
-        """Annotate valid notes in one queued unit; invalid ones get their error in place."""
+        """Annotate valid notes in one queued unit; invalid ones get their error in place.
+
+        Raises RequestError for the whole request when it cannot be admitted (RESOURCE_EXHAUSTED)
+        or the server is not serving (UNAVAILABLE).
+        """
         model = self.serving_model()
-        results: list[ner_pb2.AnalyzeResponse | RequestError] = []
-        valid: list[int] = []
-        for i, req in enumerate(requests):
+        results: list[ner_pb2.AnalyzeResponse | RequestError | None] = []
+        for req in requests:
             try:
                 self.check(req, model)
-                valid.append(i)
-                results.append(RequestError(grpc.StatusCode.INTERNAL, "not run"))
+                results.append(None)
             except RequestError as err:
                 results.append(err)
+        valid = [i for i, r in enumerate(results) if r is None]
         if valid:
             answers = self._run(model, [requests[i] for i in valid], deadline)
             for i, answer in zip(valid, answers, strict=True):
                 results[i] = answer
-        return results
+        return [r for r in results if r is not None]
 
-    def _run(
-        self, model: ServedModel, reqs: Sequence[NoteRequest], deadline: float | None
-    ) -> list[ner_pb2.AnalyzeResponse]:
-        started = time.monotonic()
-        notes = [Note(r.note_id or f"note-{i}", r.text) for i, r in enumerate(reqs)]
-        with self._tokenize_lock:
-            windows = model.encode(notes)
-        tokenized = time.monotonic()
+    def _admit(
+        self, reqs: Sequence[NoteRequest], windows: Sequence[EncodedWindow]
+    ) -> tuple[list[EncodedWindow], dict[int, RequestError]]:
+        """The windows of the notes within `max_request_tokens`; an error for each note over it.
+
+        Raises RESOURCE_EXHAUSTED when the admitted notes together exceed the limit.
+        """
+        limit = self.config.max_request_tokens
+        tokens = [0] * len(reqs)
+        for w in windows:
+            tokens[w.note_index] += len(w)
+        refused: dict[int, RequestError] = {}
+        for i, (req, count) in enumerate(zip(reqs, tokens, strict=True)):
+            if count > limit:
+                where = f"note {req.note_id!r}" if req.note_id else "note"
+                refused[i] = RequestError(
+                    grpc.StatusCode.INVALID_ARGUMENT,
+                    f"{where}: {count} model tokens; the limit is {limit} (max_request_tokens); "
+                    "split the note",
+                )
+        total = sum(count for i, count in enumerate(tokens) if i not in refused)
+        if total > limit:
+            raise RequestError(
+                grpc.StatusCode.RESOURCE_EXHAUSTED,
+                f"the request's notes hold {total} model tokens; the limit is {limit} "
+                "(max_request_tokens); send fewer notes per request",
+            )
+        return [w for w in windows if w.note_index not in refused], refused
+
+    def _infer(
+        self, model: ServedModel, windows: Sequence[EncodedWindow], deadline: float | None
+    ) -> BatchResult:
+        if not windows:
+            return BatchResult([], 0.0, 0.0)
         try:
             future = self.batcher.submit(model.backend, windows, deadline)
         except QueueFull as err:
             raise RequestError(grpc.StatusCode.RESOURCE_EXHAUSTED, f"{err}; retry later") from None
         try:
             timeout = None if deadline is None else max(0.0, deadline - time.monotonic()) + 1.0
-            batch = future.result(timeout=timeout)
+            return future.result(timeout=timeout)
         except (DeadlinePassed, TimeoutError):
             raise RequestError(
                 grpc.StatusCode.DEADLINE_EXCEEDED, "the deadline passed; the work was dropped"
             ) from None
+
+    def _run(
+        self, model: ServedModel, reqs: Sequence[NoteRequest], deadline: float | None
+    ) -> list[ner_pb2.AnalyzeResponse | RequestError]:
+        started = time.monotonic()
+        notes = [Note(r.note_id or f"note-{i}", r.text) for i, r in enumerate(reqs)]
+        with self._tokenize_lock:
+            windows = model.encode(notes)
+        tokenized = time.monotonic()
+        windows, refused = self._admit(reqs, windows)
+        batch = self._infer(model, windows, deadline)
         decoded = time.monotonic()
         predictions = assemble(len(notes), windows, batch.log_probs, model.backend.labels)
         timings = ner_pb2.Timings(
@@ -223,13 +269,15 @@ class Engine:
             tokenize_ms=(tokenized - started) * 1000,
             infer_ms=batch.infer_s * 1000,
         )
-        out = [
-            self._response(model, req, i, windows, pred.spans, timings)
+        out: list[ner_pb2.AnalyzeResponse | RequestError] = [
+            refused[i] if i in refused else self._response(model, req, i, windows, pred.spans)
             for i, (req, pred) in enumerate(zip(reqs, predictions, strict=True))
         ]
         post_ms = (time.monotonic() - decoded) * 1000
         for response in out:
-            response.timings.post_ms = post_ms
+            if isinstance(response, ner_pb2.AnalyzeResponse):
+                response.timings.CopyFrom(timings)
+                response.timings.post_ms = post_ms
         return out
 
     def _response(
@@ -239,7 +287,6 @@ class Engine:
         index: int,
         windows: Sequence[EncodedWindow],
         spans: Sequence[EntitySpan],
-        timings: ner_pb2.Timings,
     ) -> ner_pb2.AnalyzeResponse:
         own = [w for w in windows if w.note_index == index]
         self.metrics.note_windows.observe(len(own))
@@ -252,7 +299,6 @@ class Engine:
             windows=len(own),
             offset_unit=ner_pb2.OffsetUnit.Name(unit),
         )
-        response.timings.CopyFrom(timings)
         wanted = set(req.categories)
         for span in spans:
             if wanted and span.label not in wanted:

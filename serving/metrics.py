@@ -62,10 +62,20 @@ class ServingMetrics:
         )
         self.in_flight = Gauge("appliance_ner_in_flight", "RPCs being handled", registry=r)
         self.queue_depth = Gauge("appliance_ner_queue_depth", "requests waiting", registry=r)
+        self.queue_tokens = Gauge(
+            "appliance_ner_queue_tokens", "model tokens admitted, not yet answered", registry=r
+        )
         self.model = Info("appliance_ner_model", "the served model", registry=r)
         self.swaps = Counter("appliance_ner_model_swaps", "model versions swapped in", registry=r)
         self.swap_failures = Counter(
             "appliance_ner_model_swap_failures", "versions that failed to load or smoke", registry=r
+        )
+        # Failed ONNX exports of a new version; reason "no_space": the state dir's disk is full.
+        self.export_failures = Counter(
+            "appliance_ner_export_failures",
+            "model exports that failed, by reason (no_space, other)",
+            ["reason"],
+            registry=r,
         )
         self.watch_gpu()
 
@@ -83,8 +93,9 @@ class ServingMetrics:
         """The current value of one sample (0 when it has not been recorded yet)."""
         return self.registry.get_sample_value(name, labels or None) or 0.0
 
-    def watch_queue(self, depth: Callable[[], int]) -> None:
+    def watch_queue(self, depth: Callable[[], int], tokens: Callable[[], int]) -> None:
         self.queue_depth.set_function(lambda: float(depth()))
+        self.queue_tokens.set_function(lambda: float(tokens()))
 
     def serve(self, host: str, port: int) -> WSGIServer:
         """Start the exporter on host:port (0: any free port); read the port from the result."""

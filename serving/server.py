@@ -12,13 +12,14 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from serving.api import ner_pb2, ner_pb2_grpc
+from serving.api import ner_pb2
 from serving.config import ServingConfig
 from serving.engine import Engine, load_served_model
 from serving.metrics import ServingMetrics
 from serving.servicer import NerServicer
 from serving.tls import server_credentials
 from serving.watcher import ModelWatcher
+from serving.wire import add_ner_service
 
 log = logging.getLogger(__name__)
 SERVICE = ner_pb2.DESCRIPTOR.services_by_name["NerService"].full_name
@@ -108,7 +109,7 @@ def create_server(config: ServingConfig) -> tuple[NerServer, int]:
         futures.ThreadPoolExecutor(max_workers=config.workers, thread_name_prefix="ner-rpc"),
         maximum_concurrent_rpcs=config.workers + config.max_queue,
     )
-    ner_pb2_grpc.add_NerServiceServicer_to_server(NerServicer(engine), server)
+    add_ner_service(NerServicer(engine), server)
     app = NerServer(config, server, engine)
     health_pb2_grpc.add_HealthServicer_to_server(app.health, server)
     reflection.enable_server_reflection(

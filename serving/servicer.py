@@ -12,6 +12,7 @@ import grpc
 
 from serving.api import ner_pb2, ner_pb2_grpc
 from serving.engine import Engine, NoteRequest, RequestError
+from serving.wire import Unparsable
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -33,6 +34,8 @@ def _measured(method: Callable[..., T]) -> Callable[..., T]:
         started = time.monotonic()
         code = grpc.StatusCode.OK
         try:
+            if isinstance(request, Unparsable):
+                raise RequestError(grpc.StatusCode.INVALID_ARGUMENT, request.message)
             return method(self, request, context)
         except RequestError as err:
             code = err.code
@@ -88,14 +91,22 @@ class NerServicer(ner_pb2_grpc.NerServiceServicer):
     ) -> Iterator[ner_pb2.NoteResult]:
         # Per note, not per stream: a bad note gets its status and the back-fill goes on.
         for request in request_iterator:
-            note = NoteRequest.from_proto(request)
-            try:
-                (answer,) = self.engine.analyze([note], _deadline(context))
-            except RequestError as err:
-                answer = err
+            note_id = "" if isinstance(request, Unparsable) else request.note_id
+            answer = self._one_of_stream(request, context)
             code = answer.code.name if isinstance(answer, RequestError) else "OK"
             self.engine.metrics.requests.labels("AnalyzeStream", code).inc()
-            yield _result(answer, note.note_id)
+            yield _result(answer, note_id)
+
+    def _one_of_stream(
+        self, request: ner_pb2.AnalyzeRequest | Unparsable, context: grpc.ServicerContext
+    ) -> ner_pb2.AnalyzeResponse | RequestError:
+        if isinstance(request, Unparsable):
+            return RequestError(grpc.StatusCode.INVALID_ARGUMENT, request.message)
+        try:
+            (answer,) = self.engine.analyze([NoteRequest.from_proto(request)], _deadline(context))
+        except RequestError as err:
+            return err
+        return answer
 
     @_measured
     def GetInfo(  # noqa: N802
@@ -118,5 +129,7 @@ class NerServicer(ner_pb2_grpc.NerServiceServicer):
                 max_queue=cfg.max_queue,
                 token_budget=cfg.token_budget,
                 max_queue_delay_ms=cfg.max_queue_delay_ms,
+                max_request_tokens=cfg.max_request_tokens,
+                max_queue_tokens=cfg.max_queue_tokens,
             ),
         )

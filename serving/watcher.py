@@ -1,4 +1,9 @@
-"""Follow the registry's `current` pointer: load and smoke-check a new version, then swap it in."""
+"""Follow the registry's `current` pointer: load and smoke-check a new version, then swap it in.
+
+A version that fails (unreadable or damaged package, failed export, failed smoke check) is logged
+once with the reason, counted in `appliance_ner_model_swap_failures` (and a failed ONNX export in
+`appliance_ner_export_failures` by reason), and not tried again by this process.
+"""
 
 from __future__ import annotations
 
@@ -7,7 +12,8 @@ import threading
 from pathlib import Path
 
 from appliance.registry import ModelRegistry, RegistryError
-from serving.engine import Engine, load_served_model
+from serving.backends.onnx_export import ExportError
+from serving.engine import Engine, ServedModel, load_served_model
 
 log = logging.getLogger(__name__)
 
@@ -51,17 +57,23 @@ class ModelWatcher:
         try:
             model = load_served_model(self.engine.config, current.path, current.version)
         except Exception as err:  # noqa: BLE001 - any failure must leave the old model serving
-            self.failed.add(current.version)
-            self.engine.metrics.swap_failures.inc()
-            log.error(
-                "version %s refused (%s: %s); still serving %s",
-                current.version,
-                type(err).__name__,
-                err,
-                served.version if served else "nothing",
-            )
+            self._refuse(current.version, err, served)
             return False
         self.engine.install(model)
         self.engine.metrics.swaps.inc()
         log.info("now serving version %s", current.version)
         return True
+
+    def _refuse(self, version: str, err: Exception, served: ServedModel | None) -> None:
+        """Remember, count and log (once) a version that did not load."""
+        self.failed.add(version)
+        self.engine.metrics.swap_failures.inc()
+        if isinstance(err, ExportError):
+            self.engine.metrics.export_failures.labels(reason=err.reason).inc()
+        log.error(
+            "version %s refused (%s: %s); still serving %s",
+            version,
+            type(err).__name__,
+            err,
+            served.version if served else "nothing",
+        )

@@ -107,18 +107,22 @@ class GetInfoRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class Limits(_message.Message):
-    __slots__ = ("max_note_chars", "max_batch_notes", "max_queue", "token_budget", "max_queue_delay_ms")
+    __slots__ = ("max_note_chars", "max_batch_notes", "max_queue", "token_budget", "max_queue_delay_ms", "max_request_tokens", "max_queue_tokens")
     MAX_NOTE_CHARS_FIELD_NUMBER: _ClassVar[int]
     MAX_BATCH_NOTES_FIELD_NUMBER: _ClassVar[int]
     MAX_QUEUE_FIELD_NUMBER: _ClassVar[int]
     TOKEN_BUDGET_FIELD_NUMBER: _ClassVar[int]
     MAX_QUEUE_DELAY_MS_FIELD_NUMBER: _ClassVar[int]
+    MAX_REQUEST_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    MAX_QUEUE_TOKENS_FIELD_NUMBER: _ClassVar[int]
     max_note_chars: int
     max_batch_notes: int
     max_queue: int
     token_budget: int
     max_queue_delay_ms: float
-    def __init__(self, max_note_chars: _Optional[int] = ..., max_batch_notes: _Optional[int] = ..., max_queue: _Optional[int] = ..., token_budget: _Optional[int] = ..., max_queue_delay_ms: _Optional[float] = ...) -> None: ...
+    max_request_tokens: int
+    max_queue_tokens: int
+    def __init__(self, max_note_chars: _Optional[int] = ..., max_batch_notes: _Optional[int] = ..., max_queue: _Optional[int] = ..., token_budget: _Optional[int] = ..., max_queue_delay_ms: _Optional[float] = ..., max_request_tokens: _Optional[int] = ..., max_queue_tokens: _Optional[int] = ...) -> None: ...
 
 class InfoResponse(_message.Message):
     __slots__ = ("model_id", "model_version", "fingerprint", "backend", "quantization", "categories", "labels", "limits")

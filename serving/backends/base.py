@@ -8,6 +8,8 @@ spans with `appliance.inference.assemble`. A backend only runs the network.
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -27,6 +29,17 @@ class BackendOptions:
     state_dir: Path
     base: str | None = None  # where IT put the base weights on this box (default: package's)
     threads: int = 0  # intra-op threads (0: the runtime's default)
+    release_memory: bool = True  # give model-run memory back to the OS when the queue is idle
+
+
+def trim_heap() -> bool:
+    """Return the C heap's free pages to the OS (glibc `malloc_trim`); False where unavailable."""
+    name = ctypes.util.find_library("c")
+    try:
+        libc = ctypes.CDLL(name) if name else None
+        return bool(libc is not None and libc.malloc_trim(0))
+    except (OSError, AttributeError):
+        return False
 
 
 class BackendError(RuntimeError):
@@ -60,6 +73,15 @@ class Backend(ABC):
     @abstractmethod
     def log_probs(self, windows: Sequence[EncodedWindow]) -> list[np.ndarray]:
         """(core words, tags) log-probabilities for each window, in order; one batch."""
+
+    def release_memory(self) -> None:
+        """Give memory freed after model runs back to the OS (the batcher calls it when idle).
+
+        Activations are freed after each run, but the C heap keeps the pages; without this a
+        process stays at the resident size of its largest batch.
+        """
+        if self.options.release_memory:
+            trim_heap()
 
     def close(self) -> None:  # noqa: B027 - optional hook, most backends free on collection
         """Release memory held by the model (after a swap drained the old version)."""

@@ -4,7 +4,9 @@ The `onnx-int4` and `onnx-int8` backends call `ensure_export`, which runs this m
 process (`python -m serving.backends.onnx_export`) so the serving process never holds the fp32
 torch model. The result is cached in `<state_dir>/exports/<backend>-<key>/`, where the key covers
 the package's weights and metadata, the recipe and the library versions, so a stale export is
-never read. A directory appears whole (written as `.partial-<pid>`, then renamed).
+never read. A directory appears whole (written as `.partial-<pid>`, then renamed); a failed
+export leaves nothing there. A failure raises `ExportError`, whose `reason` says whether the
+state dir's disk was full (`no_space`) or something else went wrong (`other`).
 
 Recipes (measured in benchmarks/results/serving.md). Both keep the classification head in fp32,
 store the token embedding in 4 bits (GatherBlockQuantized, blocks of 32) and run ONNX Runtime's
@@ -22,6 +24,7 @@ graph fusions once offline.
 from __future__ import annotations
 
 import argparse
+import errno
 import hashlib
 import json
 import os
@@ -32,8 +35,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from appliance.errors import PackageError
-from appliance.package_meta import WEIGHTS
+from appliance.package_meta import verified_weights_sha256
 from serving.backends.base import BackendError
 
 RECIPES: dict[str, dict[str, Any]] = {
@@ -63,24 +65,38 @@ INFO_FILE = "export.json"
 TOKENIZER_DIR = "tokenizer"
 
 
-def export_key(package_path: Path, meta: dict[str, Any], recipe: dict[str, Any]) -> str:
-    """What the export depends on: package bytes, recipe, library versions."""
+NO_SPACE = "no_space"  # ExportError reasons, the label of appliance_ner_export_failures
+OTHER = "other"
+EXIT_NO_SPACE = 3  # the export process's exit code when the disk filled up
+# Some writers (ONNX Runtime's protobuf serializer) hide the errno of a full disk: an export that
+# failed with less than this free under the state dir is counted as out of space.
+LOW_SPACE_BYTES = 1 << 20
+
+
+class ExportError(BackendError):
+    """The ONNX export failed; `reason` is NO_SPACE or OTHER."""
+
+    def __init__(self, message: str, reason: str = OTHER) -> None:
+        super().__init__(message)
+        self.reason = reason
+
+
+def export_key(weights_sha256: str, meta: dict[str, Any], recipe: dict[str, Any]) -> str:
+    """What the export depends on: package weights and metadata, recipe, library versions."""
     from importlib.metadata import version
 
-    digest = hashlib.sha256()
-    try:
-        with open(package_path / WEIGHTS, "rb") as handle:
-            for block in iter(lambda: handle.read(1 << 22), b""):
-                digest.update(block)
-    except OSError as err:
-        raise PackageError(f"{package_path}: cannot read {WEIGHTS}: {err}") from err
     parts = {
+        "weights": weights_sha256,
         "meta": meta,
         "recipe": recipe,
         "versions": {n: version(n) for n in ("torch", "onnx", "onnxruntime", "transformers")},
     }
-    digest.update(json.dumps(parts, sort_keys=True).encode())
-    return digest.hexdigest()[:24]
+    return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:24]
+
+
+def partial_dir(target: Path, pid: int) -> Path:
+    """Where the export process `pid` writes `target` before renaming it."""
+    return target.with_name(f"{target.name}.partial-{pid}")
 
 
 def ensure_export(
@@ -92,21 +108,38 @@ def ensure_export(
     timeout_s: float = 3600,
 ) -> Path:
     """The cached export of `package_path` (whose package.json is `meta`) for `backend`,
-    exported in a subprocess if missing."""
-    target = state_dir / "exports" / f"{backend}-{export_key(package_path, meta, RECIPES[backend])}"
+    exported in a subprocess if missing. Raises ExportError (or PackageError for a package
+    whose weights differ from its package.json)."""
+    key = export_key(verified_weights_sha256(package_path, meta), meta, RECIPES[backend])
+    target = state_dir / "exports" / f"{backend}-{key}"
     if (target / INFO_FILE).is_file():
         return target
     argv = [sys.executable, "-m", "serving.backends.onnx_export", "--backend", backend]
     argv += ["--package", str(package_path), "--state-dir", str(state_dir), "--out", str(target)]
     if base:
         argv += ["--base", base]
-    done = subprocess.run(argv, capture_output=True, text=True, timeout=timeout_s, check=False)
-    if done.returncode != 0 or not (target / INFO_FILE).is_file():
-        tail = (done.stderr or done.stdout).strip().splitlines()[-5:]
-        raise BackendError(
-            f"{package_path}: ONNX export failed (exit {done.returncode}): " + " | ".join(tail)
-        )
+    code, said = _run_export(argv, target, timeout_s)
+    if code != 0 or not (target / INFO_FILE).is_file():
+        reason = NO_SPACE if code == EXIT_NO_SPACE else OTHER
+        raise ExportError(f"{package_path}: ONNX export failed (exit {code}): {said}", reason)
     return target
+
+
+def _run_export(argv: list[str], target: Path, timeout_s: float) -> tuple[int, str]:
+    """Run the export process; (exit code, its last words). Whatever a killed or timed-out
+    process left half-written is removed."""
+    with subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) as proc:
+        try:
+            out, err = proc.communicate(timeout=timeout_s)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            out, err = proc.communicate()
+            err += f"\nonnx export: timed out after {timeout_s:.0f} s\n"
+        finally:
+            shutil.rmtree(partial_dir(target, proc.pid), ignore_errors=True)
+    lines = (err or out).strip().splitlines()
+    own = [line for line in lines if line.startswith("onnx export: ")]
+    return proc.returncode, own[-1] if own else " | ".join(lines[-5:])
 
 
 def _export_fp32(
@@ -217,10 +250,10 @@ def export(
 ) -> dict:
     """Write the export directory `target` (atomically); returns what export.json records."""
     started = time.monotonic()
-    tmp = target.with_name(f"{target.name}.partial-{os.getpid()}")
+    tmp = partial_dir(target, os.getpid())
     shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
     try:
+        tmp.mkdir(parents=True)
         recipe = RECIPES[backend]
         info = _export_fp32(package_path, state_dir, base, tmp, recipe["opset"])
         _quantize(tmp, recipe)
@@ -237,9 +270,40 @@ def export(
         except OSError:
             if not (target / INFO_FILE).is_file():
                 raise
+    except Exception as err:
+        free = _free_bytes(target.parent)  # measured before the cleanup below frees space
+        if _out_of_space(err) or (free is not None and free < LOW_SPACE_BYTES):
+            raise ExportError(
+                f"{os.strerror(errno.ENOSPC)} in {target.parent} ({free} bytes free): "
+                f"{type(err).__name__}: {err}",
+                NO_SPACE,
+            ) from err
+        raise
     finally:
         shutil.rmtree(tmp, ignore_errors=True)  # another process exported it first, or failure
     return info
+
+
+def _out_of_space(err: BaseException) -> bool:
+    """True when `err` or what caused it is a full disk or quota (errno, or its text: the Rust
+    and C++ writers under the exporters keep only the text)."""
+    chain: list[BaseException] = []
+    seen: BaseException | None = err
+    while seen is not None and seen not in chain:
+        chain.append(seen)
+        seen = seen.__cause__ or seen.__context__
+    return any(
+        (isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT))
+        or os.strerror(errno.ENOSPC) in str(e)
+        for e in chain
+    )
+
+
+def _free_bytes(folder: Path) -> int | None:
+    try:
+        return shutil.disk_usage(folder).free
+    except OSError:
+        return None
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -252,8 +316,11 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         info = export(args.backend, args.package, args.state_dir, args.base, args.out)
-    except (ValueError, OSError, RuntimeError) as err:
+    except ExportError as err:
         print(f"onnx export: {args.package}: {err}", file=sys.stderr)
+        return EXIT_NO_SPACE if err.reason == NO_SPACE else 1
+    except Exception as err:  # noqa: BLE001 - the process's answer is one line, not a traceback
+        print(f"onnx export: {args.package}: {type(err).__name__}: {err}", file=sys.stderr)
         return 1
     print(json.dumps({k: v for k, v in info.items() if k != "recipe"}))
     return 0

@@ -50,6 +50,9 @@ class OnnxInt4Backend(Backend):
             )
         except (OSError, ValueError, RuntimeError) as err:  # ORT raises its own RuntimeErrors
             raise BackendError(f"{self.export_dir}: cannot load the ONNX export: {err}") from err
+        self._run_options = ort.RunOptions()
+        if options.release_memory:  # the CPU arena frees its unused chunks after every run
+            self._run_options.add_run_config_entry("memory.enable_memory_arena_shrinkage", "cpu:0")
         self._labels = tuple(info["labels"])
         self._pad_id = int(info["pad_id"])
         if list(self._labels) != self._meta.get("labels"):
@@ -78,7 +81,8 @@ class OnnxInt4Backend(Backend):
 
     def log_probs(self, windows: Sequence[EncodedWindow]) -> list[np.ndarray]:
         ids, mask, _ = pad_windows(windows, self._pad_id)
-        (out,) = self.session.run(["log_probs"], {"input_ids": ids, "attention_mask": mask})
+        feeds = {"input_ids": ids, "attention_mask": mask}
+        (out,) = self.session.run(["log_probs"], feeds, self._run_options)
         return [out[row, [w.word_token[j] for j in w.core_words]] for row, w in enumerate(windows)]
 
     def close(self) -> None:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import random
-from collections.abc import Callable
+import re
 from pathlib import Path
 
 import pytest
@@ -45,9 +45,31 @@ VOCAB = [
 SEPARATORS = [" ", " ", " ", "  ", "\n", "\n\n", "\t", " \u00a0"]
 
 
-def count(word: str) -> int:
-    """A stand-in for a subword tokenizer: roughly one token per 3 characters."""
-    return 1 + len(word) // 3
+def toy_tokens(text: str, per: int = 3) -> list[tuple[int, int]]:
+    """A stand-in for a byte-level subword tokenizer's offsets over a whole text.
+
+    Longer whitespace runs are one token, a single space leads the token after it, other text
+    goes in tokens of up to `per` characters, and a character outside the BMP (an emoji) is two
+    tokens sharing its span, as byte-level tokens of one character do.
+    """
+    spans: list[tuple[int, int]] = []
+    for match in re.finditer(r"\s{2,}|\s?\S+|\s", text):
+        start, end = match.span()
+        if text[start:end].isspace():
+            spans.append((start, end))
+            continue
+        token_start = start
+        for k in range(start + (text[start] == " "), end):
+            if ord(text[k]) > 0xFFFF:
+                if token_start < k and not text[token_start:k].isspace():
+                    spans.append((token_start, k))
+                    token_start = k
+                spans += [(token_start, k + 1), (k, k + 1)]
+                token_start = k + 1
+            elif k + 1 - token_start >= per or k + 1 == end:
+                spans.append((token_start, k + 1))
+                token_start = k + 1
+    return spans
 
 
 def random_text(rng: random.Random, sentences: int) -> str:
@@ -59,10 +81,13 @@ def random_text(rng: random.Random, sentences: int) -> str:
     return "".join(parts)
 
 
-def check_windows(
-    note: Note, windows: list[Window], max_tokens: int, counter: Callable[[str], int] = count
-) -> None:
-    words = word_spans(note)
+def window_size(window: Window) -> int:
+    return window.tokens[1] - window.tokens[0]
+
+
+def check_windows(note: Note, windows: list[Window], max_tokens: int, per: int = 3) -> None:
+    """Cores tile the text, each word (or piece of a long word) has one owner, sizes hold."""
+    tokens = toy_tokens(note.text, per)
     assert windows[0].core_start == 0
     assert windows[-1].core_end == len(note.text)
     for a, b in zip(windows, windows[1:], strict=False):
@@ -72,7 +97,6 @@ def check_windows(
         assert w.note_id == note.note_id
         assert w.core_start < w.core_end
         assert (w.start, w.end) == (w.words[0][0], w.words[-1][1])
-        assert list(w.words) == [s for s in words if w.start <= s[0] and s[1] <= w.end]
         core = words_in_core(w)
         assert core, "every core owns at least one word"
         assert core == list(range(core[0], core[-1] + 1))
@@ -81,9 +105,14 @@ def check_windows(
         outside = note.text[w.core_start : max(w.core_start, w.start)]
         outside += note.text[min(w.core_end, w.end) : w.core_end]
         assert not outside.strip()
-        size = sum(counter(note.text[s:e]) for s, e in w.words)
-        assert size <= max_tokens or len(core) == 1
-    assert owned == list(words)
+        assert 0 < window_size(w) <= max_tokens
+        for (_, end), t in zip(w.words, w.word_tokens, strict=True):
+            assert w.tokens[0] <= t < w.tokens[1]
+            assert tokens[t][0] < end <= tokens[t][1]  # the token holds the word's last character
+    # every non-space character is in exactly one owned word: the words tile the spaCy words
+    assert [c for s, e in owned for c in range(s, e)] == [
+        c for s, e in word_spans(note) for c in range(s, e)
+    ]
 
 
 @pytest.mark.parametrize("seed", range(12))
@@ -91,7 +120,7 @@ def test_random_notes_tile(seed: int) -> None:
     rng = random.Random(seed)
     note = Note(f"r{seed}", random_text(rng, rng.randint(1, 30)))
     max_tokens, context = rng.choice([(8, 2), (16, 4), (64, 8), (200, 50), (5, 0)])
-    windows = make_windows(note, count, max_tokens, context)
+    windows = make_windows(note, toy_tokens(note.text), max_tokens, context)
     check_windows(note, windows, max_tokens)
     if context and len(windows) > 1:
         assert windows[1].start < windows[1].core_start  # left context is really there
@@ -102,7 +131,7 @@ def test_left_context_only_tiles(seed: int) -> None:
     rng = random.Random(100 + seed)
     note = Note(f"l{seed}", random_text(rng, rng.randint(2, 30)))
     max_tokens, context = rng.choice([(8, 2), (16, 4), (64, 8), (200, 50)])
-    windows = make_windows(note, count, max_tokens, context, 0)
+    windows = make_windows(note, toy_tokens(note.text), max_tokens, context, 0)
     check_windows(note, windows, max_tokens)
     for w in windows:  # the window ends with its core: nothing after it is read
         assert words_in_core(w)[-1] == len(w.words) - 1
@@ -110,11 +139,11 @@ def test_left_context_only_tiles(seed: int) -> None:
 
 def test_no_right_context_frees_core_budget() -> None:
     note = Note("l", " ".join(f"w{i}" for i in range(100)) + ".")
-    both = make_windows(note, lambda w: 1, 10, 2)
-    left = make_windows(note, lambda w: 1, 10, 2, 0)
+    both = make_windows(note, toy_tokens(note.text, per=10), 10, 2)  # a token per word
+    left = make_windows(note, toy_tokens(note.text, per=10), 10, 2, 0)
     assert max(len(words_in_core(w)) for w in both) == 6
     assert max(len(words_in_core(w)) for w in left) == 8
-    assert all(len(w.words) <= 10 for w in left)
+    assert all(window_size(w) <= 10 for w in left)
     assert len(left) < len(both)
     assert words_in_core(left[1]) == list(range(2, 10))  # two words of left context
 
@@ -138,7 +167,7 @@ def test_sentences_pack_whole() -> None:
     note = Note("s", text)
     words = word_spans(note)
     assert sentence_spans(note, words) == [(0, 4), (4, 8), (8, 12)]
-    windows = make_windows(note, lambda w: 1, 8, 0)  # two sentences fit in 8, three do not
+    windows = make_windows(note, toy_tokens(note.text, per=5), 8, 0)  # 2 sentences fit, not 3
     assert [len(words_in_core(w)) for w in windows] == [8, 4]
     assert text[windows[1].core_start : windows[1].core_end] == " Seven eight nine."
 
@@ -148,27 +177,45 @@ def test_blank_line_starts_sentence() -> None:
     assert sentence_spans(note, word_spans(note)) == [(0, 1), (1, 4)]
 
 
-def test_very_long_word_alone() -> None:
-    giant = "a" * 300
+def test_very_long_word_cut_between_tokens() -> None:
+    giant = "a" * 300  # 100 tokens of the stand-in tokenizer
     note = Note("g", f"short words {giant} and more words here .")
-    windows = make_windows(note, count, 12, 2)
+    windows = make_windows(note, toy_tokens(note.text), 12, 2)
     check_windows(note, windows, 12)
-    (alone,) = [w for w in windows if note.text[w.core_start : w.core_end].strip() == giant]
-    assert [alone.words[j] for j in words_in_core(alone)] == [(12, 312)]
-    assert alone.words == ((12, 312),)  # no room left for context
+    pieces = [w.words[j] for w in windows for j in words_in_core(w) if 12 <= w.words[j][0] < 312]
+    assert "".join(note.text[s:e] for s, e in pieces) == giant
+    assert max(e - s for s, e in pieces) <= 8 * 3  # core budget 12 - 2 - 2 tokens of 3 chars
+
+
+def test_emoji_run_cut_at_character_boundaries() -> None:
+    run = "🙂" * 50 + "x" + "💊" * 50  # 2 tokens per emoji; 201 tokens without a space
+    note = Note("e", f"Pain {run} noted.")
+    windows = make_windows(note, toy_tokens(note.text), 9, 2, 0)
+    check_windows(note, windows, 9)
+    cores = [w.words[j] for w in windows for j in words_in_core(w)]
+    assert "".join(note.text[s:e] for s, e in cores) == "Pain" + run + "noted."
+    pieces = [(s, e) for s, e in cores if 5 <= s < 5 + len(run)]
+    assert len(pieces) > 1
+    assert all(e - s <= 3 for s, e in pieces)  # 7 tokens of core: at most 3 emoji (6 tokens)
+
+
+def test_whitespace_run_larger_than_a_window_is_never_read() -> None:
+    note = Note("w", "left" + " " * 50 + "\n" * 50 + "right")
+    windows = make_windows(note, toy_tokens(note.text), 4, 1)
+    check_windows(note, windows, 4)
+    assert all(window_size(w) <= 2 for w in windows)  # each word alone, without the gap
 
 
 def test_long_sentence_split_at_words() -> None:
     note = Note("l", " ".join(f"w{i}" for i in range(100)) + ".")
-    windows = make_windows(note, lambda w: 1, 10, 2)
-    check_windows(note, windows, 10, lambda w: 1)
+    windows = make_windows(note, toy_tokens(note.text), 10, 2)
+    check_windows(note, windows, 10)
     assert all(len(words_in_core(w)) <= 6 for w in windows)
-    assert all(len(w.words) <= 10 for w in windows)
 
 
 @pytest.mark.parametrize("text", ["", "   ", "\n\t \n"])
 def test_no_words_no_windows(text: str) -> None:
-    assert make_windows(Note("e", text), count, 16, 4) == []
+    assert make_windows(Note("e", text), toy_tokens(text), 16, 4) == []
 
 
 @pytest.mark.parametrize(
@@ -177,7 +224,7 @@ def test_no_words_no_windows(text: str) -> None:
 )
 def test_bad_budget(max_tokens: int, context: int, right: int | None) -> None:
     with pytest.raises(ValueError, match="window budget too small"):
-        make_windows(Note("n", "text"), count, max_tokens, context, right)
+        make_windows(Note("n", "text"), toy_tokens("text"), max_tokens, context, right)
 
 
 def test_conll_words_respected(tmp_path: Path) -> None:
@@ -189,8 +236,8 @@ def test_conll_words_respected(tmp_path: Path) -> None:
     assert note.words is not None
     assert word_spans(note) == note.words
     assert len(sentence_spans(note, note.words)) == 1
-    windows = make_windows(note, lambda w: 1, 3, 1)
-    check_windows(note, windows, 3, lambda w: 1)
+    windows = make_windows(note, toy_tokens(note.text, per=10), 3, 1)
+    check_windows(note, windows, 3, per=10)
     assert {s for w in windows for s in w.words} == set(note.words)
 
 
@@ -198,7 +245,7 @@ def test_conll_devel_sample_tiles() -> None:
     devel = Path(__file__).resolve().parents[2] / "data" / "bc5cdr" / "devel.tsv"
     notes = read_conll(devel).notes[:300]
     for note in notes:
-        check_windows(note, make_windows(note, count, 24, 4), 24)
+        check_windows(note, make_windows(note, toy_tokens(note.text), 24, 4), 24)
 
 
 def test_bad_pre_tokenized_words() -> None:

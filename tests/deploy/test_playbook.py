@@ -31,6 +31,32 @@ from tests.deploy.tools import ANSIBLE, ROOT, require_root, tool
 from tests.serving.servers import make_pki
 
 HOSPITAL = "hospital-a"
+# Budgets unlike the defaults, so the rendered units show they come from the inventory.
+BUDGETS = {
+    "hospital_node": {
+        "serving_memory_high": "768M",
+        "serving_memory_max": "1G",
+        "serving_cpu_weight": 900,
+        "federation_memory_high": "1536M",
+        "federation_memory_max": "2G",
+        "federation_cpu_weight": 40,
+    },
+    "consortium": {
+        "superlink_memory_high": "1280M",
+        "superlink_memory_max": "1536M",
+        "superlink_cpu_weight": 120,
+        "round_memory_high": "384M",
+        "round_memory_max": "512M",
+    },
+}
+# unit -> (MemoryHigh, MemoryMax, CPUWeight) the units must carry, from BUDGETS or the defaults.
+UNIT_BUDGETS = {
+    "appliance-serving.service": ("768M", "1G", "900"),
+    "appliance-federation.service": ("1536M", "2G", "40"),
+    "appliance-nightly.service": ("768M", "1G", "40"),
+    "appliance-superlink.service": ("1280M", "1536M", "120"),
+    "appliance-round.service": ("384M", "512M", "120"),
+}
 
 
 def _run(cmd: list[str], cwd: Path = ROOT, timeout: float = 1800) -> str:
@@ -107,6 +133,7 @@ def _inventory(work: Path, a: dict[str, Path], ports: dict[str, int]) -> Path:
         "consortium_tls_cert_src": str(a["fl_cert"]),
         "consortium_tls_key_src": str(a["fl_key"]),
         "consortium_hospitals": [{"name": HOSPITAL, "public_key": str(a[f"fl_{HOSPITAL}.pub"])}],
+        **{f"consortium_{k}": v for k, v in BUDGETS["consortium"].items()},
     }
     hospital = {
         "hospital_node_prefix": str(work / "root"),
@@ -132,6 +159,7 @@ def _inventory(work: Path, a: dict[str, Path], ports: dict[str, int]) -> Path:
         "hospital_node_federation_metrics_host": "127.0.0.1",
         "hospital_node_federation_metrics_port": ports["federation_metrics"],
         "hospital_node_supernode_port": ports["supernode"],
+        **{f"hospital_node_{k}": v for k, v in BUDGETS["hospital_node"].items()},
     }
     inventory = {
         "consortium": {"hosts": {"consortium-local": {**common, **consortium}}},
@@ -291,6 +319,16 @@ def test_systemd_analyze_verifies_every_rendered_unit(deployed: Deployed) -> Non
     argv = shlex.split(exec_start.removeprefix("ExecStart="))  # systemd quotes words the same way
     assert argv[argv.index("--run-config") + 1] == "mode='layers' layers='top:8' rounds=3"
     assert argv[-1] == "--stream"
+
+
+def test_rendered_units_carry_the_configured_budgets(deployed: Deployed) -> None:
+    work, _, _, _ = deployed
+    for unit, (high, most, weight) in UNIT_BUDGETS.items():
+        lines = (work / "root/etc/systemd/system" / unit).read_text(encoding="utf-8").splitlines()
+        settings = [line for line in lines if line.startswith(("Memory", "CPUWeight="))]
+        swap = ["MemorySwapMax=0"] if unit == "appliance-serving.service" else []
+        expected = [f"MemoryHigh={high}", f"MemoryMax={most}", *swap, f"CPUWeight={weight}"]
+        assert settings == expected, unit
 
 
 def test_second_run_changes_nothing(deployed: Deployed) -> None:

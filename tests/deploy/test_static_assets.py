@@ -33,7 +33,10 @@ def test_ansible_lint_production_profile_is_clean() -> None:
 
 def test_promtool_accepts_the_scrape_config_and_the_alert_rules() -> None:
     promtool = tool("promtool")
-    for args in (["check", "config", "prometheus.yml"], ["check", "rules", "alerts.yml"]):
+    for args in (
+        ["check", "config", "prometheus.yml"],
+        ["check", "rules", "alerts.yml", "memory-budgets.yml"],
+    ):
         done = subprocess.run(
             [promtool, *args], cwd=MONITORING, capture_output=True, text=True, check=False
         )
@@ -50,6 +53,8 @@ def test_alert_rules_cover_what_operators_asked_for() -> None:
         "AppliancePrivacyBudget80",
         "ApplianceRoundFailed",
         "ApplianceNoSuccessfulRound48h",
+        "ApplianceServingMemoryNearBudget",
+        "ApplianceServingMemoryBudgetUnknown",
     ):
         assert f"alert: {alert}" in text
 
@@ -92,7 +97,9 @@ def test_units_are_hardened() -> None:
             "NoNewPrivileges=yes",
             "ProtectSystem=strict",
             "PrivateTmp=yes",
+            "MemoryHigh=",
             "MemoryMax=",
+            "CPUWeight=",
             "User=",
         ):
             assert line in text, f"{path.name} lacks {line}"

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import datetime as dt
-import shutil
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import replace
@@ -59,8 +58,7 @@ def _wait_serving(server: NerServer) -> None:
 
 def publish(registry: ModelRegistry, package: Path, label: str) -> str:
     """Copy `package` into the registry as a new version and promote it."""
-    version = registry.allocate(label)
-    shutil.copytree(package, version.path)
+    version = registry.publish(package, label)
     registry.promote(version.version, "test")
     return version.version
 

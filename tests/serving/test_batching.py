@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+import threading
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -12,7 +13,7 @@ import pytest
 from appliance.encoding import EncodedWindow
 from appliance.notes import Note
 from serving.backends.base import Backend
-from serving.batching import SIMILAR_LENGTH, Batcher, length_chunks
+from serving.batching import SIMILAR_LENGTH, Batcher, QueueFull, QueueLimits, length_chunks
 from serving.engine import load_served_model
 from serving.metrics import ServingMetrics
 from tests.serving.servers import config_for
@@ -70,7 +71,7 @@ def test_batcher_returns_each_windows_own_log_probs(tiny_package: Path, tmp_path
     assert len({len(w) for w in windows}) > 2  # lengths differ: padding would be needed
     alone = [model.backend.log_probs([w])[0] for w in windows]
     backend = RecordingBackend(model.backend)
-    batcher = Batcher(4096, 0.0, 8, ServingMetrics())
+    batcher = Batcher(4096, 0.0, QueueLimits(8, 1 << 20), ServingMetrics())
     try:
         result = batcher.submit(backend, windows, None).result(timeout=60)
     finally:
@@ -81,3 +82,42 @@ def test_batcher_returns_each_windows_own_log_probs(tiny_package: Path, tmp_path
     for call in backend.calls:
         assert min(call) >= SIMILAR_LENGTH * max(call)
     model.backend.close()
+
+
+class GatedBackend(RecordingBackend):
+    """A real backend that holds each model call until the test opens the gate."""
+
+    def __init__(self, inner: Backend) -> None:
+        super().__init__(inner)
+        self.gate = threading.Event()
+
+    def log_probs(self, windows: Sequence[EncodedWindow]) -> list[np.ndarray]:
+        assert self.gate.wait(30)
+        return super().log_probs(windows)
+
+
+def test_admitted_tokens_are_bounded_and_released(tiny_package: Path, tmp_path: Path):
+    # Prepare
+    model = load_served_model(config_for(tiny_package, state_dir=tmp_path), tiny_package, "v1")
+    windows = model.encode([Note("n", "aspirin caused nausea in the patient .")])
+    size = sum(len(w) for w in windows)
+    backend = GatedBackend(model.backend)
+    metrics = ServingMetrics()
+    batcher = Batcher(4096, 0.0, QueueLimits(8, 2 * size + 1), metrics)
+    try:
+        # Execute
+        first = batcher.submit(backend, windows, None)
+        second = batcher.submit(backend, windows, None)
+        with pytest.raises(QueueFull, match=rf"holds {2 * size} model tokens.*max_queue_tokens"):
+            batcher.submit(backend, windows, None)
+        held = metrics.value("appliance_ner_queue_tokens")
+        backend.gate.set()
+        first.result(timeout=60)
+        second.result(timeout=60)
+    finally:
+        backend.gate.set()
+        batcher.stop()
+
+    # Assert
+    assert held == 2 * size
+    assert metrics.value("appliance_ner_queue_tokens") == 0

@@ -41,12 +41,6 @@ def server(tiny_package: Path, tmp_path_factory: pytest.TempPathFactory) -> Iter
         yield srv
 
 
-@pytest.fixture()
-def client(server: NerServer) -> Iterator[NerClient]:
-    with NerClient(f"127.0.0.1:{server.port}") as c:  # type: ignore[attr-defined]
-        yield c
-
-
 def test_analyze_finds_entities(client: NerClient) -> None:
     response = client.analyze(NOTE, note_id="n1", include_text=True)
     found = {(e.text, e.category) for e in response.entities}
