@@ -1,4 +1,4 @@
-"""`appliance` command line: train, evaluate, annotate, info, demo (+ serve, federate by plugin)."""
+"""`appliance` command line: train, evaluate, annotate, info, certs (+ serve, federate: plugins)."""
 
 from __future__ import annotations
 
@@ -10,11 +10,11 @@ from collections.abc import Callable, Sequence
 from importlib.metadata import entry_points
 from pathlib import Path
 
+from appliance import cert_commands, registry_cli, remote
 from appliance.config import ATTENTION_MODES, QUANTIZATIONS
 from appliance.errors import ModelLoadError, PackageError
+from appliance.exits import EXIT_INPUT, EXIT_MODEL, EXIT_OK, EXIT_USAGE, CommandError
 from appliance.notes import NotesError
-
-EXIT_OK, EXIT_USAGE, EXIT_INPUT, EXIT_MODEL, EXIT_INTERNAL = 0, 2, 3, 4, 1
 
 
 def _model_flags(parser: argparse.ArgumentParser) -> None:
@@ -78,42 +78,36 @@ def build_parser() -> argparse.ArgumentParser:
 
     annotate = sub.add_parser("annotate", help="find entities in a note: JSON on stdout")
     _model_flags(annotate)
-    annotate.add_argument("--package", required=True, type=Path)
+    annotate.add_argument("--package", type=Path, help="annotate locally with this package")
+    annotate.add_argument("--remote", metavar="HOST:PORT", help="annotate on a serving endpoint")
+    annotate.add_argument("--ca", type=Path, help="--remote over TLS: trust this CA")
+    annotate.add_argument("--cert", type=Path, help="--remote mTLS client certificate")
+    annotate.add_argument("--key", type=Path, help="--remote mTLS client key")
     source = annotate.add_mutually_exclusive_group(required=True)
     source.add_argument("--text", help="the note text")
     source.add_argument("--file", type=Path, help="a UTF-8 text file holding one note")
+    annotate.set_defaults(handler=remote.annotate)
 
     info = sub.add_parser("info", help="base model, selected layers, parameters, provenance")
     _model_flags(info)
     info.add_argument("--package", type=Path, help="a model package to describe")
     info.add_argument("--layers", help="describe this selection on the base (default top:8)")
 
-    demo = sub.add_parser("demo", help="the main job (see README); alone: a one-box demo")
-    demo.add_argument("--state-dir", help="where caches, bases and packages live")
-    demo.add_argument("--quick", action="store_true", help="a smaller run for a smoke test")
-    parsers = {"train": train, "evaluate": evaluate, "annotate": annotate, "demo": demo}
-    _register_plugins(sub, parsers)
+    cert_commands.add_parser(sub)
+    registry_cli.add_parser(sub)
+    _register_plugins(sub)
     return parser
 
 
-class CommandError(Exception):
-    """A failure a plugin command reports to the user with its own exit code (no traceback)."""
-
-    def __init__(self, message: str, exit_code: int = EXIT_USAGE) -> None:
-        super().__init__(message)
-        self.exit_code = exit_code
-
-
-def _register_plugins(
-    sub: argparse._SubParsersAction, parsers: dict[str, argparse.ArgumentParser]
-) -> None:
+def _register_plugins(sub: argparse._SubParsersAction) -> None:
     """Let `serving` and `federation` add their subcommands: the core never imports them.
 
-    Each entry point in the `appliance.cli` group is `register(sub, parsers)`; it adds parsers
-    with `set_defaults(handler=...)` and may add flags to the core's parsers (`annotate --remote`).
+    Each entry point in the `appliance.cli` group is `register(sub)`; it adds its own parsers
+    with `set_defaults(handler=...)` and leaves the core's parsers alone (`annotate --remote`
+    reaches serving through the `appliance.remote_annotator` group, see appliance/remote.py).
     """
     for point in sorted(entry_points(group="appliance.cli"), key=lambda p: p.name):
-        point.load()(sub, parsers)
+        point.load()(sub)
 
 
 def _handler(args: argparse.Namespace) -> Callable[[argparse.Namespace], object]:

@@ -180,9 +180,3 @@ def info(args: argparse.Namespace) -> dict[str, Any]:
     loaded = load_model(cfg.model, cfg.train.labels, cfg.state_dir, spec)
     selection = LayerSelection.parse(spec, loaded.num_layers)
     return {**describe(loaded), "selection": selection.report(loaded.model)}
-
-
-def demo(args: argparse.Namespace) -> dict[str, Any]:
-    from appliance.demo import run_demo
-
-    return run_demo(args.state_dir, quick=args.quick)

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import os
-import tomllib
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
+
+from appliance.tomlconfig import check_keys, read_toml
 
 ATTENTION_MODES = ("bidirectional", "causal", "bidirectional-trained")
 QUANTIZATIONS = ("none", "nf4")
@@ -97,9 +98,14 @@ class TrainConfig:
 class ApplianceConfig:
     """Everything the core needs; read from TOML (`[model]`, `[train]`) and CLI flags."""
 
-    model: ModelConfig = field(default_factory=ModelConfig)
-    train: TrainConfig = field(default_factory=TrainConfig)
-    state_dir: str = field(default="", metadata={"help": "state dir (default ~/.cache/appliance)"})
+    model: ModelConfig = field(default_factory=ModelConfig, metadata={"help": "the [model] table"})
+    train: TrainConfig = field(default_factory=TrainConfig, metadata={"help": "the [train] table"})
+    state_dir: str = field(
+        default="",
+        metadata={
+            "help": "caches and bases (default: $APPLIANCE_STATE_DIR, else ~/.cache/appliance)"
+        },
+    )
 
     def __post_init__(self) -> None:
         if not self.state_dir:
@@ -114,10 +120,7 @@ class ApplianceConfig:
 
 
 def _section(cls: type, raw: dict[str, Any], where: str) -> Any:
-    known = {f.name for f in fields(cls)}
-    unknown = sorted(set(raw) - known)
-    if unknown:
-        raise ValueError(f"{where}: unknown key(s) {unknown}; known: {sorted(known)}")
+    check_keys(raw, cls, where)
     return cls(**raw)
 
 
@@ -125,10 +128,7 @@ def load_config(path: str | Path | None = None, **overrides: Any) -> ApplianceCo
     """Read a TOML config (optional) and apply `section.key` overrides (None values ignored)."""
     raw: dict[str, Any] = {}
     if path is not None:
-        try:
-            raw = tomllib.loads(Path(path).read_text(encoding="utf-8"))
-        except (OSError, tomllib.TOMLDecodeError, UnicodeDecodeError) as err:
-            raise ValueError(f"{path}: cannot read config: {err}") from err
+        raw = read_toml(path, "config")
     model_raw = dict(raw.pop("model", {}))
     train_raw = dict(raw.pop("train", {}))
     for key, value in overrides.items():

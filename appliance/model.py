@@ -1,4 +1,8 @@
-"""Load a Llama-architecture token classifier from local files only (HF dir, GGUF, 4-bit NF4)."""
+"""Load a Llama-architecture token classifier from local files only (HF dir, GGUF, 4-bit NF4).
+
+Every `from_pretrained` here passes `local_files_only=True`: weights come from a path IT provides
+or the embedded package, and no model hub is asked, whatever the environment says.
+"""
 
 from __future__ import annotations
 

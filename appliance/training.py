@@ -121,6 +121,9 @@ def batch_loss(
     )
 
 
+Encoder = Callable[[Sequence[Note]], list[EncodedWindow]]  # notes -> labelled windows
+
+
 class StepPolicy(Protocol):
     """How batches are drawn and steps taken; DP-SGD (federation.privacy) is one such policy."""
 
@@ -146,15 +149,22 @@ class StepPolicy(Protocol):
 class Trainer:
     """Fits one `LayerSelection` of a loaded model on annotated notes.
 
-    Federated rounds reuse it unchanged but for two hooks: `extra_loss` (FedProx's proximal term)
-    and `policy` (DP-SGD's Poisson batches, per-sample clipping and noise). A third, `encoder`,
-    labels the windows for another task (the sentence task); dev F1 is NER-only. Without dev
-    notes the last epoch's weights are kept.
+    Public seams, for federated rounds and other tasks:
+
+    - `encoder` (constructor): labels the windows for another task (the sentence task) instead
+      of NER's BIO tags; dev F1 is NER-only.
+    - `extra_loss` (attribute, read at each step): a term added to the loss (FedProx's
+      proximal term); None for none.
+    - `policy` (attribute, read by `fit`): how batches are drawn and steps taken (DP-SGD's
+      Poisson batches, per-sample clipping and noise); None for plain shuffled batches.
+    - `init_head(gen)`: the seeded head init `fit` runs with `fresh_head`, for callers that
+      start from it themselves (every federated node makes the same start).
+
+    Without dev notes the last epoch's weights are kept.
     """
 
     extra_loss: Callable[[], torch.Tensor] | None = None
     policy: StepPolicy | None = None
-    encoder: Callable[[Sequence[Note]], list[EncodedWindow]] | None = None
 
     def __init__(
         self,
@@ -163,13 +173,15 @@ class Trainer:
         cfg: TrainConfig,
         progress: bool = True,
         fresh_head: bool = True,
+        encoder: Encoder | None = None,
     ) -> None:
         self.loaded, self.selection, self.cfg, self.progress = loaded, selection, cfg, progress
         self.fresh_head = fresh_head
+        self.encoder = encoder
         selection.apply(loaded.model)
         self.first = selection.first
 
-    def _init_head(self, gen: torch.Generator) -> None:
+    def init_head(self, gen: torch.Generator) -> None:
         """Seeded head init, so a run repeats whatever the RNG did while loading."""
         score = self.loaded.model.score
         std = float(getattr(self.loaded.model.config, "initializer_range", 0.02))
@@ -205,7 +217,7 @@ class Trainer:
         """Train; keep the weights of the epoch with the best dev F1."""
         gen = seed_everything(self.cfg.seed)
         if self.fresh_head:
-            self._init_head(gen)
+            self.init_head(gen)
         train, dev = self.encode(train_notes), self.encode(dev_notes)
         if not train:
             raise ValueError("no training windows: the training notes are empty")

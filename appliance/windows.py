@@ -10,9 +10,9 @@ no right context (`right_context`); that context would cost compute and change n
 from __future__ import annotations
 
 import re
+import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
-from functools import lru_cache
 
 import numpy as np
 import spacy
@@ -54,12 +54,35 @@ class Window:
     word_tokens: tuple[int, ...]  # per word, the note token holding its last character
 
 
-@lru_cache(maxsize=1)
-def _nlp() -> Language:
-    nlp = spacy.blank("en")
-    nlp.max_length = _MAX_TEXT_CHARS
-    nlp.add_pipe("sentencizer")
-    return nlp
+# spaCy keeps every new string it meets in its vocab and its tokenizer cache, forever: a server
+# reading base64 blobs and ids grew ~3 MB per 120,000 characters of such notes. The pipeline is
+# rebuilt (about 0.2 s) after this many characters, which bounds that growth.
+REBUILD_CHARS = 1_000_000
+
+
+@dataclass
+class _Pipeline:
+    nlp: Language | None = None
+    chars: int = 0  # characters read since it was built
+
+
+_PIPELINE = _Pipeline()
+_PIPELINE_LOCK = threading.Lock()
+
+
+def blank_pipeline(chars: int = 0) -> Language:
+    """The blank-English pipeline with a sentencizer, about to read `chars` more characters.
+
+    A new one replaces it once it has read `REBUILD_CHARS` characters.
+    """
+    with _PIPELINE_LOCK:
+        if _PIPELINE.nlp is None or _PIPELINE.chars > REBUILD_CHARS:
+            nlp = spacy.blank("en")
+            nlp.max_length = _MAX_TEXT_CHARS
+            nlp.add_pipe("sentencizer")
+            _PIPELINE.nlp, _PIPELINE.chars = nlp, 0
+        _PIPELINE.chars += chars
+        return _PIPELINE.nlp
 
 
 def _check_words(note: Note, words: Sequence[WordSpan]) -> None:
@@ -80,7 +103,7 @@ def word_spans(note: Note) -> tuple[WordSpan, ...]:
         return tuple(note.words)
     text = _LONG_RUN.sub(lambda m: "x" * len(m.group()), note.text)  # same offsets, linear spaCy
     spans: list[WordSpan] = []
-    for token in _nlp().make_doc(text):
+    for token in blank_pipeline(len(text)).make_doc(text):
         if token.is_space:
             continue
         start, end = token.idx, token.idx + len(token.text)
@@ -104,7 +127,7 @@ def sentence_spans(note: Note, words: Sequence[WordSpan]) -> list[tuple[int, int
     text = note.text
     gaps = [text[a_end:b_start] for (_, a_end), (b_start, _) in zip(words, words[1:], strict=False)]
     gaps.append(text[words[-1][1] :])
-    nlp = _nlp()
+    nlp = blank_pipeline(len(text))
     doc = Doc(nlp.vocab, words=[text[s:e] for s, e in words], spaces=[bool(g) for g in gaps])
     for i, gap in enumerate(gaps[:-1], start=1):
         if gap.count("\n") >= 2:

@@ -35,8 +35,8 @@ from appliance.notes import Note  # noqa: E402
 from appliance.readers import read_notes  # noqa: E402
 from benchmarks.core import machine  # noqa: E402
 from benchmarks.experiments_report import write_experiment  # noqa: E402
+from demo.plan import DP_RECIPE  # noqa: E402  # batches and rates DP-SGD needs
 from federation.config import FederationConfig  # noqa: E402
-from federation.demo_plan import DP_RECIPE  # noqa: E402  # batches and rates DP-SGD needs
 from federation.partition import partition  # noqa: E402
 
 DATA = ROOT / "data" / "bc5cdr"

@@ -8,7 +8,7 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from appliance.cli import EXIT_INPUT, EXIT_MODEL, CommandError
+from appliance.exits import EXIT_INPUT, EXIT_MODEL, CommandError
 from appliance.notes import NotesError
 from appliance.readers import read_notes
 from appliance.registry import ModelRegistry, RegistryError
@@ -18,7 +18,7 @@ from federation.journal import RoundJournal, read_journal
 log = logging.getLogger(__name__)
 
 
-def register(sub: argparse._SubParsersAction, parsers: dict[str, argparse.ArgumentParser]) -> None:
+def register(sub: argparse._SubParsersAction) -> None:
     """Add `appliance federate` and its subcommands to the core CLI."""
     federate = sub.add_parser("federate", help="nightly federated training on this hospital box")
     actions = federate.add_subparsers(dest="federate_command", required=True)
@@ -40,35 +40,6 @@ def register(sub: argparse._SubParsersAction, parsers: dict[str, argparse.Argume
     certs.add_argument("--hospitals", required=True, nargs="+", help="one auth key per name")
     certs.add_argument("--host", action="append", help="SuperLink DNS name or IP (repeatable)")
     certs.set_defaults(handler=make_certs)
-    _demo_flags(parsers["demo"])
-
-
-def _demo_flags(demo: argparse.ArgumentParser) -> None:
-    """`appliance demo` becomes the consortium demo; `--single-box` keeps the core's one."""
-    demo.description = (
-        "A consortium of 3 hospital boxes on this machine (SuperLink, SuperNodes, serving), "
-        "a few federated rounds on BC5CDR shards, promotion into serving, one gRPC call."
-    )
-    demo.add_argument("--rounds", type=int, help="federated rounds (default 3; --quick 1)")
-    demo.add_argument("--backend", help="serving backend of every box (default onnx-int8)")
-    demo.add_argument("--workdir", type=Path, help="demo folder (default <state-dir>/demo/<time>)")
-    demo.add_argument("--dp", action="store_true", help="DP-SGD at every box (prints epsilon)")
-    demo.add_argument("--keep", action="store_true", help="keep the demo folder (logs, models)")
-    demo.add_argument(
-        "--single-box", action="store_true", help="the core's demo: train and annotate on one box"
-    )
-    demo.set_defaults(handler=_run_demo)
-
-
-def _run_demo(args: argparse.Namespace) -> Any:
-    from federation.demo import run_demo
-
-    if args.rounds is not None and args.rounds < 1:
-        raise CommandError(f"--rounds {args.rounds}: must be >= 1")
-    try:
-        return run_demo(args)
-    except (RuntimeError, TimeoutError) as err:
-        raise CommandError(f"demo failed: {err}", 1) from err
 
 
 def _config(args: argparse.Namespace) -> DaemonConfig:

@@ -3,6 +3,11 @@
 Per-node values come from the SuperNode's `--node-config` (see `daemon_config.NODE_KEYS`);
 the run config converts once (`config.from_run_config`). What leaves the node is only the
 (compressed) parameter tensors of the travelling part and scalar metrics.
+
+Evaluating scores the round's global model and changes nothing. Promotion into the node's
+registry is a step of its own (`HospitalClient.promote`), taken only when the server's evaluate
+instruction asks for it (`promote`, sent by `strategy.ConsortiumStrategy`) and the node has a
+registry and held-out notes.
 """
 
 from __future__ import annotations
@@ -98,16 +103,30 @@ class HospitalClient(NumPyClient):
         return [update.payload[n] for n in names], update.num_examples, metrics
 
     def evaluate(self, parameters: list[np.ndarray], config: dict[str, Any]):  # type: ignore[override]
+        """Score the global model on the held-out notes; then, if asked, the promotion step."""
         arrays = dict(zip(self.node.names, parameters, strict=True))
         count, metrics = self.node.evaluate(arrays)
-        registry = self.node_config.get("registry")
-        if registry and count and self.node.cfg.task == "ner":  # only NER is served
-            self._promote(arrays, Path(str(registry)), int(config.get("server-round", 0)))
+        if bool(config.get("promote", False)) and count and self.registry is not None:
+            self.promote(arrays, int(config.get("server-round", 0)))
         return 1.0 - metrics.get("f1", 0.0), count, metrics
 
-    def _promote(self, arrays: dict[str, np.ndarray], registry: Path, server_round: int) -> None:
+    @property
+    def registry(self) -> Path | None:
+        """The node's registry, when it has one and its task is served (only NER is)."""
+        registry = self.node_config.get("registry")
+        if not registry or self.node.cfg.task != "ner":
+            return None
+        return Path(str(registry))
+
+    def promote(self, arrays: dict[str, np.ndarray], server_round: int) -> None:
+        """Package `arrays`, publish it into the registry, move `current` if it is not worse."""
         from federation.promotion import promote_if_not_worse
 
+        registry = self.registry
+        if registry is None:
+            raise ValueError(
+                f"node {self.node.name} has no registry for a {self.node.cfg.task} model"
+            )
         tolerance = float(self.node_config.get("tolerance", 0.01))
         with tempfile.TemporaryDirectory(dir=self.node.state_dir) as tmp:
             candidate = self.node.write_package(arrays, Path(tmp) / "package")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from typing import Any
 
 MODES = ("layers", "lora", "full")
@@ -19,47 +19,154 @@ CLIENT_DP = ("none", "client-fixed")
 class FederationConfig:
     """What a consortium run does. Defaults mirror `[tool.flwr.app.config]` in pyproject.toml."""
 
-    base: str = "embedded"  # the base every hospital has on disk ("embedded": SmolLM2-135M)
-    attention: str = "bidirectional-trained"
-    labels: tuple[str, ...] = ("Chemical", "Disease")
-    task: str = "ner"  # ner | sentence (appliance.sentence_task; trains, scores, not served)
-    mode: str = "layers"  # layers | lora | full
-    layers: str = "top:8"  # which layers train and travel (full mode: all)
-    lora_rank: int = 8
-    lora_alpha: int = 16
-    lora_dropout: float = 0.05
-    rounds: int = 3
-    local_epochs: int = 1
-    local_fraction: float = 1.0  # < 1: each round trains on a rotating share of the local notes
-    batch_size: int = 16
-    learning_rate: float = 3e-4
-    head_learning_rate: float = 1e-3
-    lr_schedule: str = "constant"  # constant | cosine: both rates decay over the run's rounds
-    lr_min_fraction: float = 0.1  # cosine: the last round's rates, as a fraction of the first's
-    max_tokens: int = 256
-    context_tokens: int = 32
-    seed: int = 13
-    strategy: str = "fedavg"  # fedavg | fedprox
-    proximal_mu: float = 0.01
-    fraction_train: float = 1.0
-    min_nodes: int = 2
-    round_timeout_s: float = 3600.0
-    compression: str = "none"  # none | fp16 | bf16 | int8 | topk
-    int8_block: int = 64
-    topk_fraction: float = 0.01
-    update_norm_bound: float = 1e4  # the server drops an update whose L2 delta norm is larger
-    dp: bool = False  # sample-level DP-SGD (Opacus) at each hospital
-    dp_noise_multiplier: float = 1.0
-    dp_max_grad_norm: float = 1.0
-    dp_epsilon_budget: float = 8.0
-    dp_delta: float = 1e-5
-    client_dp: str = "none"  # none | client-fixed (Flower's client-side fixed clipping)
-    client_dp_noise: float = 0.1
-    client_dp_clip: float = 10.0
-    secagg: bool = False  # SecAgg+: the server only sees the sum of the updates
-    secagg_shares: int = 3
-    secagg_threshold: int = 2
-    secagg_clip: float = 8.0  # SecAgg+ clipping range of each (weighted) parameter
+    base: str = field(
+        default="embedded",
+        metadata={
+            "help": "the base every hospital has on disk: 'embedded' (SmolLM2-135M), a Hugging "
+            "Face directory or a .gguf file"
+        },
+    )
+    attention: str = field(
+        default="bidirectional-trained",
+        metadata={
+            "help": "causal, bidirectional or bidirectional-trained, as in the core's [model] table"
+        },
+    )
+    labels: tuple[str, ...] = field(
+        default=("Chemical", "Disease"),
+        metadata={"help": "entity types (comma-separated in the run config)"},
+    )
+    task: str = field(
+        default="ner",
+        metadata={
+            "help": "ner, or sentence (appliance.sentence_task: trains and scores the same way, "
+            "never served)"
+        },
+    )
+    mode: str = field(
+        default="layers",
+        metadata={
+            "help": "what travels: layers (selected layers + head), lora (LoRA adapters on the "
+            "selected layers + head) or full (every layer + head)"
+        },
+    )
+    layers: str = field(
+        default="top:8", metadata={"help": "which layers train and travel (full mode: all)"}
+    )
+    lora_rank: int = field(default=8, metadata={"help": "LoRA rank (mode lora)"})
+    lora_alpha: int = field(default=16, metadata={"help": "LoRA alpha (mode lora)"})
+    lora_dropout: float = field(default=0.05, metadata={"help": "LoRA dropout (mode lora)"})
+    rounds: int = field(default=3, metadata={"help": "federated rounds of a run"})
+    local_epochs: int = field(default=1, metadata={"help": "epochs each hospital trains per round"})
+    local_fraction: float = field(
+        default=1.0,
+        metadata={
+            "help": "< 1: each round trains on a rotating share of the local notes (refused with "
+            "dp)"
+        },
+    )
+    batch_size: int = field(default=16, metadata={"help": "windows per optimizer step"})
+    learning_rate: float = field(
+        default=3e-4, metadata={"help": "peak learning rate of the trained layers or adapters"}
+    )
+    head_learning_rate: float = field(
+        default=1e-3, metadata={"help": "learning rate of the classification head"}
+    )
+    lr_schedule: str = field(
+        default="constant",
+        metadata={
+            "help": "constant, or cosine: both rates follow half a cosine over the run's rounds"
+        },
+    )
+    lr_min_fraction: float = field(
+        default=0.1,
+        metadata={"help": "cosine: the last round's rates, as a fraction of the first's"},
+    )
+    max_tokens: int = field(default=256, metadata={"help": "model tokens per window"})
+    context_tokens: int = field(
+        default=32, metadata={"help": "context tokens on each side of a window's core"}
+    )
+    seed: int = field(
+        default=13,
+        metadata={
+            "help": "seed of the head init, LoRA init and shuffling (each round adds its number)"
+        },
+    )
+    strategy: str = field(
+        default="fedavg", metadata={"help": "fedavg (weighted by examples) or fedprox"}
+    )
+    proximal_mu: float = field(
+        default=0.01, metadata={"help": "FedProx proximal term weight (strategy fedprox)"}
+    )
+    fraction_train: float = field(
+        default=1.0, metadata={"help": "share of the connected nodes sampled per round, in (0, 1]"}
+    )
+    min_nodes: int = field(default=2, metadata={"help": "nodes a round needs before it starts"})
+    round_timeout_s: float = field(
+        default=3600.0, metadata={"help": "seconds the server waits for a round's replies"}
+    )
+    compression: str = field(
+        default="none",
+        metadata={
+            "help": "update compression: none, fp16, bf16, int8 (block-quantized deltas) or topk "
+            "(with error feedback)"
+        },
+    )
+    int8_block: int = field(
+        default=64, metadata={"help": "values per int8 quantization block (compression int8)"}
+    )
+    topk_fraction: float = field(
+        default=0.01, metadata={"help": "share of the deltas sent (compression topk), in (0, 1]"}
+    )
+    update_norm_bound: float = field(
+        default=1e4, metadata={"help": "the server drops an update whose L2 delta norm is larger"}
+    )
+    dp: bool = field(
+        default=False, metadata={"help": "sample-level DP-SGD (Opacus) at each hospital"}
+    )
+    dp_noise_multiplier: float = field(default=1.0, metadata={"help": "DP-SGD noise multiplier"})
+    dp_max_grad_norm: float = field(
+        default=1.0, metadata={"help": "DP-SGD per-sample clipping norm"}
+    )
+    dp_epsilon_budget: float = field(
+        default=8.0,
+        metadata={
+            "help": "epsilon a hospital may spend in all; a round that would exceed it is declined"
+        },
+    )
+    dp_delta: float = field(
+        default=1e-5,
+        metadata={
+            "help": "delta at which epsilon is accounted, in (0, 1); fixed once a ledger has spent"
+        },
+    )
+    client_dp: str = field(
+        default="none",
+        metadata={
+            "help": "none, or client-fixed (Flower's client-side fixed clipping, server-side noise)"
+        },
+    )
+    client_dp_noise: float = field(
+        default=0.1, metadata={"help": "client-fixed: noise multiplier added by the server"}
+    )
+    client_dp_clip: float = field(
+        default=10.0, metadata={"help": "client-fixed: clipping norm of each update"}
+    )
+    secagg: bool = field(
+        default=False,
+        metadata={
+            "help": "SecAgg+: the server only sees the sum of the updates (needs compression none)"
+        },
+    )
+    secagg_shares: int = field(
+        default=3, metadata={"help": "SecAgg+ shares per node: at least 3 and at most min-nodes"}
+    )
+    secagg_threshold: int = field(
+        default=2, metadata={"help": "SecAgg+ shares needed to reconstruct, in 2..secagg-shares"}
+    )
+    secagg_clip: float = field(
+        default=8.0, metadata={"help": "SecAgg+ clipping range of each (weighted) parameter"}
+    )
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "labels", tuple(self.labels))

@@ -17,21 +17,60 @@ import time
 from collections.abc import Callable
 from typing import IO
 
+from appliance.errors import PackageError
+from appliance.package_meta import read_package_meta
+from appliance.registry import ModelRegistry
 from federation.daemon_config import DaemonConfig
 from federation.exporter import DaemonMetrics
-from federation.journal import JournalReader
+from federation.journal import JournalReader, read_journal
 
 log = logging.getLogger(__name__)
 Clock = Callable[[], dt.datetime]
 STOP_GRACE_S = 30.0
 
 
+def past_privacy_spend(cfg: DaemonConfig) -> str | None:
+    """Where the node's state shows rounds that spent privacy budget (None: nowhere). Rounds
+    without DP spend nothing and keep no ledger, so they do not count."""
+    for entry in read_journal(cfg.journal):
+        if entry.event in ("round_completed", "round_declined") and "eps_spent" in entry.fields:
+            return f"the journal {cfg.journal} (round {entry.fields.get('server_round')})"
+    registry = ModelRegistry(cfg.registry)
+    for version in registry.versions():
+        try:
+            training = read_package_meta(registry.path(version)).get("training")
+        except PackageError:
+            continue  # a damaged version says nothing either way
+        if isinstance(training, dict) and training.get("dp"):
+            return f"the registry {cfg.registry} (version {version}, trained with DP)"
+    return None
+
+
+def check_privacy_ledger(cfg: DaemonConfig) -> None:
+    """Refuse to run a node whose past rounds spent privacy budget but whose ledger is gone (a
+    restore that missed it): its next round would count ε from 0 again."""
+    if cfg.ledger.exists():
+        return
+    evidence = past_privacy_spend(cfg)
+    if evidence is not None:
+        raise ValueError(
+            f"{cfg.ledger}: the privacy ledger is missing, but {evidence} shows past rounds "
+            "that spent privacy budget; starting now would count epsilon from 0 again: "
+            f"restore privacy-ledger.json from backup to {cfg.ledger}, then start the daemon"
+        )
+
+
 class NightlyDaemon:
-    """Supervises the SuperNode child; `tick()` does one step, `run()` loops until stopped."""
+    """Supervises the SuperNode child; `tick()` does one step, `run()` loops until stopped.
+
+    It refuses to start (`ValueError`) when the node's privacy ledger is missing but its journal
+    or registry shows rounds that spent privacy budget (`check_privacy_ledger`).
+    """
 
     def __init__(
         self, cfg: DaemonConfig, clock: Clock | None = None, metrics: DaemonMetrics | None = None
     ) -> None:
+        check_privacy_ledger(cfg)
         self.cfg = cfg
         self.clock = clock or (lambda: dt.datetime.now().astimezone())
         self.metrics = metrics or DaemonMetrics(cfg.hospital)
@@ -52,7 +91,35 @@ class NightlyDaemon:
             log.info("training window %s closed: stopping the SuperNode", self.cfg.window)
             self.stop_child()
         self.metrics.supernode_up.labels(self.cfg.hospital).set(1 if self.running else 0)
-        self.metrics.follow(self.reader)
+        self._follow_journal()
+
+    def _follow_journal(self) -> None:
+        """Metrics from the journal's new entries and the disk; a promotion is followed by a
+        prune of the registry."""
+        promoted = False
+        for entry in self.reader.new_entries():
+            self.metrics.observe(entry)
+            promoted |= entry.event == "promotion" and entry.fields.get("outcome") == "promoted"
+        registry = ModelRegistry(self.cfg.registry)
+        if promoted:
+            self.prune(registry)
+        self.metrics.observe_disk(registry, self.cfg.state_dir)
+
+    def prune(self, registry: ModelRegistry) -> None:
+        """Apply the retention (`ModelRegistry.prune`); a failure is logged, the daemon goes on."""
+        try:
+            done = registry.prune(self.cfg.keep_versions, exports=self.cfg.serving_exports)
+        except (ValueError, OSError) as err:  # RegistryError is a ValueError
+            log.warning("registry %s: prune failed: %s", registry.root, err)
+            return
+        log.info(
+            "registry %s: removed %d version(s), %d export(s); %d held by a reader; kept %s",
+            registry.root,
+            len(done.removed),
+            len(done.exports),
+            len(done.held),
+            ", ".join(done.kept),
+        )
 
     @property
     def running(self) -> bool:

@@ -3,16 +3,20 @@
 from __future__ import annotations
 
 import datetime as dt
-import ipaddress
 import shutil
 import sys
-import tomllib
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from appliance.net import is_loopback
+from appliance.registry import KEEP_VERSIONS, check_keep
+from appliance.tomlconfig import check_keys, read_toml, table
+
 # The node-config keys the ClientApp reads (from `context.node_config`).
 NODE_KEYS = ("hospital", "notes", "heldout", "state-dir", "registry", "journal", "tolerance")
+# The privacy ledger the ClientApp keeps in the node's state dir (`federation.privacy`).
+LEDGER_FILE = "privacy-ledger.json"
 
 
 @dataclass(frozen=True)
@@ -55,25 +59,82 @@ class TimeWindow:
 class DaemonConfig:
     """One hospital's federation daemon. Paths are on the hospital's box; notes never leave it."""
 
-    hospital: str
-    superlink: str  # the consortium SuperLink's Fleet API, host:port
-    notes: Path  # annotated notes this hospital trains on (any format the core reads)
-    heldout: Path  # held-out annotated notes: promotion is decided on these
-    state_dir: Path  # caches, privacy ledger, compression residuals, journal
-    registry: Path  # the model registry serving watches
-    window: str = "01:00-05:00"
-    tolerance: float = 0.01  # promote if candidate F1 >= current F1 - tolerance
-    root_certificates: Path | None = None  # CA of the SuperLink's TLS certificate
-    auth_private_key: Path | None = None  # this SuperNode's key (SuperNode authentication)
-    insecure: bool = False  # plaintext to the SuperLink: only allowed on loopback
-    runtime_port: int = 9094  # the SuperNode's local ClientApp runtime API
-    metrics_address: str = "127.0.0.1"
-    metrics_port: int = 9310
-    restart_backoff_s: float = 5.0
-    max_backoff_s: float = 300.0
-    poll_s: float = 5.0
-    node_config: dict[str, Any] = field(default_factory=dict)  # extra keys for the ClientApp
-    supernode_command: tuple[str, ...] = ()  # default: flower-supernode next to this Python
+    hospital: str = field(
+        metadata={"help": "this hospital's name in the consortium (letters, digits, '-' or '_')"}
+    )
+    superlink: str = field(metadata={"help": "the consortium SuperLink's Fleet API, host:port"})
+    notes: Path = field(
+        metadata={"help": "annotated notes this hospital trains on (any format the core reads)"}
+    )
+    heldout: Path = field(
+        metadata={"help": "held-out annotated notes: promotion is decided on these"}
+    )
+    state_dir: Path = field(
+        metadata={"help": "caches, privacy ledger, compression residuals, journal"}
+    )
+    registry: Path = field(metadata={"help": "the model registry serving follows"})
+    window: str = field(
+        default="01:00-05:00",
+        metadata={
+            "help": "daily local-time window the SuperNode runs in, HH:MM-HH:MM; may wrap midnight"
+        },
+    )
+    tolerance: float = field(
+        default=0.01,
+        metadata={"help": "promote if candidate F1 >= current F1 - tolerance, in [0, 1]"},
+    )
+    keep_versions: int = field(
+        default=KEEP_VERSIONS,
+        metadata={"help": "after a promotion keep current, previous and the N newest versions"},
+    )
+    serving_exports: Path | None = field(
+        default=None,
+        metadata={"help": "serving's <state_dir>/exports: ONNX exports of pruned versions go too"},
+    )
+    root_certificates: Path | None = field(
+        default=None,
+        metadata={"help": "CA of the SuperLink's TLS certificate (required unless insecure)"},
+    )
+    auth_private_key: Path | None = field(
+        default=None, metadata={"help": "this SuperNode's private key (SuperNode authentication)"}
+    )
+    insecure: bool = field(
+        default=False, metadata={"help": "plaintext to the SuperLink: only allowed on loopback"}
+    )
+    runtime_port: int = field(
+        default=9094, metadata={"help": "the SuperNode's local ClientApp runtime API port"}
+    )
+    metrics_address: str = field(
+        default="127.0.0.1", metadata={"help": "Prometheus exporter listen address"}
+    )
+    metrics_port: int = field(default=9310, metadata={"help": "Prometheus exporter port"})
+    restart_backoff_s: float = field(
+        default=5.0,
+        metadata={
+            "help": "first wait before restarting a SuperNode that exited (doubles each time)"
+        },
+    )
+    max_backoff_s: float = field(
+        default=300.0, metadata={"help": "longest wait between SuperNode restarts"}
+    )
+    poll_s: float = field(
+        default=5.0,
+        metadata={"help": "seconds between the daemon's checks of the window and the SuperNode"},
+    )
+    node_config: dict[str, Any] = field(
+        default_factory=dict,
+        metadata={
+            "help": "extra --node-config keys for the ClientApp, e.g. audit-dir, bases-dir; may "
+            "not override the keys above"
+        },
+    )
+    supernode_command: tuple[str, ...] = field(
+        default=(),
+        metadata={
+            "help": "the command to supervise instead (default: flower-supernode next to this "
+            "Python)"
+        },
+    )
 
     def __post_init__(self) -> None:
         for name in (
@@ -83,6 +144,7 @@ class DaemonConfig:
             "registry",
             "root_certificates",
             "auth_private_key",
+            "serving_exports",
         ):
             value = getattr(self, name)
             if value is not None and not isinstance(value, Path):
@@ -94,12 +156,13 @@ class DaemonConfig:
         host, _, port = self.superlink.rpartition(":")
         if not host or not port.isdigit():
             raise ValueError(f"superlink {self.superlink!r}: use host:port")
-        if self.insecure and not _is_loopback(host):
+        if self.insecure and not is_loopback(host):
             raise ValueError("insecure (plaintext) is only allowed to a loopback SuperLink")
         if not self.insecure and self.root_certificates is None:
             raise ValueError("root_certificates is required (TLS), or set insecure on loopback")
         if not 0.0 <= self.tolerance <= 1.0:
             raise ValueError(f"tolerance {self.tolerance}: must be within [0, 1]")
+        check_keep(self.keep_versions, "keep_versions")
         clash = set(self.node_config) & set(NODE_KEYS)
         if clash:
             raise ValueError(f"node_config may not override {sorted(clash)}")
@@ -111,6 +174,10 @@ class DaemonConfig:
     @property
     def journal(self) -> Path:
         return self.state_dir / "journal.jsonl"
+
+    @property
+    def ledger(self) -> Path:
+        return self.state_dir / LEDGER_FILE
 
     def node_config_arg(self) -> str:
         """The `--node-config` value: what the ClientApp needs to find this hospital's data."""
@@ -146,33 +213,15 @@ class DaemonConfig:
 def load_daemon_config(path: str | Path, **overrides: Any) -> DaemonConfig:
     """Read `[daemon]` from a TOML file; errors name the file and the key."""
     source = Path(path)
-    try:
-        raw = tomllib.loads(source.read_text(encoding="utf-8"))
-    except OSError as err:
-        raise ValueError(f"{source}: cannot read daemon config: {err.strerror}") from err
-    except tomllib.TOMLDecodeError as err:
-        raise ValueError(f"{source}: invalid TOML: {err}") from err
-    section = dict(raw.get("daemon", {}))
+    section = table(read_toml(source, "daemon config"), "daemon", str(source))
     section.update({k: v for k, v in overrides.items() if v is not None})
-    known = {f.name for f in fields(DaemonConfig)}
-    unknown = sorted(set(section) - known)
-    if unknown:
-        raise ValueError(f"{source}: unknown [daemon] key(s) {unknown}")
+    check_keys(section, DaemonConfig, f"{source} [daemon]")
     try:
         return DaemonConfig(**section)
     except TypeError as err:
         raise ValueError(f"{source}: [daemon] {err}") from err
     except ValueError as err:
         raise ValueError(f"{source}: [daemon] {err}") from err
-
-
-def _is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host.strip("[]")).is_loopback
-    except ValueError:
-        return False
 
 
 def toml_value(value: Any) -> str:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import datetime as dt
+import shutil
+from pathlib import Path
 from typing import Any
 
 from prometheus_client import (
@@ -14,6 +16,7 @@ from prometheus_client import (
     start_http_server,
 )
 
+from appliance.registry import ModelRegistry
 from federation.journal import JournalEntry, JournalReader
 
 ROUND_EVENTS = {
@@ -106,6 +109,24 @@ class DaemonMetrics:
             node,
             registry=reg,
         )
+        self.registry_bytes = Gauge(
+            "appliance_registry_bytes",
+            "Bytes of the model registry's versions on disk",
+            node,
+            registry=reg,
+        )
+        self.registry_versions = Gauge(
+            "appliance_registry_versions",
+            "Complete versions in the model registry",
+            node,
+            registry=reg,
+        )
+        self.disk_used = Gauge(
+            "appliance_state_disk_used_ratio",
+            "Used fraction of the filesystem holding the state dir, as df counts it",
+            node,
+            registry=reg,
+        )
 
     def observe(self, entry: JournalEntry) -> None:
         """Update the metrics from one journal entry."""
@@ -131,6 +152,18 @@ class DaemonMetrics:
         _set(self.examples.labels(h), f.get("num_examples"))
         _set(self.loss.labels(h), f.get("loss"))
         _set(self.f1.labels(h), f.get("f1"))
+
+    def observe_disk(self, registry: ModelRegistry, state_dir: Path) -> None:
+        """The registry's size and version count, and how full the state dir's disk is."""
+        h = self.hospital
+        self.registry_bytes.labels(h).set(registry.size_bytes())
+        self.registry_versions.labels(h).set(len(registry.versions()))
+        try:
+            usage = shutil.disk_usage(state_dir)
+        except OSError:
+            return  # not created yet
+        # df's Use%: blocks reserved for root count neither as used nor as available.
+        self.disk_used.labels(h).set(usage.used / max(usage.used + usage.free, 1))
 
     def follow(self, reader: JournalReader) -> int:
         """Apply the journal's new entries; returns how many were read."""

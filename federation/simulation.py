@@ -1,7 +1,8 @@
 """In-process federated rounds over simulated hospitals (experiments and tests; no Ray).
 
-The server side is the same code the Flower strategy runs (`updates.aggregate_round`); the
-hospitals are real `HospitalNode`s. Bytes are measured on the serialized payloads.
+The server side is the same code the Flower strategy runs (`updates.downlink`,
+`updates.aggregate_round`); the hospitals are real `HospitalNode`s. Bytes are measured on the
+serialized payloads.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from appliance.notes import Note
 from federation.compression import wire_bytes
 from federation.config import FederationConfig
 from federation.task import HospitalNode
-from federation.updates import aggregate_round
+from federation.updates import aggregate_round, downlink
 
 log = logging.getLogger(__name__)
 
@@ -48,12 +49,6 @@ class SimulationResult:
             "exchange_parameters": self.exchange_parameters,
             "rounds": [asdict(r) for r in self.rounds],
         }
-
-
-def downlink(global_arrays: dict[str, np.ndarray], compression: str) -> dict[str, np.ndarray]:
-    """What the server sends: fp32 weights, or fp16 when the run compresses updates."""
-    dtype = np.float32 if compression == "none" else np.float16
-    return {k: v.astype(dtype) for k, v in global_arrays.items()}
 
 
 def simulate(

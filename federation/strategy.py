@@ -29,8 +29,7 @@ from flwr.server.strategy import FedAvg
 
 from federation.compression import wire_bytes
 from federation.config import FederationConfig
-from federation.simulation import downlink
-from federation.updates import aggregate_round
+from federation.updates import aggregate_round, downlink
 
 log = logging.getLogger(__name__)
 Arrays = dict[str, np.ndarray]
@@ -77,6 +76,9 @@ class ConsortiumStrategy(FedAvg):
         pairs = super().configure_evaluate(server_round, parameters, client_manager)
         for _, ins in pairs:
             ins.config.update(self._config(server_round))
+            # After scoring, each node offers the round's model to its registry (a step of its
+            # own there: `client_app.HospitalClient.promote`).
+            ins.config["promote"] = True
         return pairs
 
     def aggregate_fit(

@@ -3,7 +3,8 @@
 One `HospitalNode` lives for the whole process (a SuperNode's ClientApp or a simulated
 hospital): it keeps the loaded base, the frozen-prefix cache, the privacy ledger and the top-k
 residual, all under the hospital's state dir, so a restarted node resumes where it stopped.
-Training is the core's `Trainer` with two hooks: FedProx's proximal term and DP-SGD's policy.
+Training is the core's `Trainer` through its public seams: FedProx's proximal term
+(`extra_loss`), DP-SGD's `policy`, and the sentence task's `encoder`.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ from appliance.training import Trainer, seed_everything
 from federation import modes
 from federation.compression import encode_update, wire_bytes
 from federation.config import FederationConfig
+from federation.daemon_config import LEDGER_FILE
 from federation.privacy import DPSGDPolicy, PrivacyLedger
 
 log = logging.getLogger(__name__)
@@ -53,7 +55,7 @@ def for_task(loaded: LoadedModel, cfg: FederationConfig) -> LoadedModel:
 def seeded_start(trainer: Trainer, cfg: FederationConfig) -> list[str]:
     """The start every node and the server make alike: the seeded head init, then the mode's
     preparation (LoRA's A init from the same seed). Returns the travelling tensors' names."""
-    trainer._init_head(seed_everything(cfg.seed))
+    trainer.init_head(seed_everything(cfg.seed))
     torch.manual_seed(cfg.seed)  # LoRA's A init: the same on every node
     modes.prepare(trainer.loaded.model, cfg, trainer.selection)
     return modes.travelling_names(trainer.loaded.model)
@@ -78,14 +80,17 @@ class HospitalNode:
         self.bases_dir = Path(bases_dir or state_dir)  # where a GGUF base is materialized
         self.selection = LayerSelection.parse(cfg.spec, loaded.num_layers)
         self.trainer = Trainer(
-            loaded, self.selection, self._train_config(0), progress=False, fresh_head=False
+            loaded,
+            self.selection,
+            self._train_config(0),
+            progress=False,
+            fresh_head=False,
+            encoder=self._sentence_windows if cfg.task == "sentence" else None,
         )
-        if cfg.task == "sentence":
-            self.trainer.encoder = self._sentence_windows
         self.names = seeded_start(self.trainer, cfg)
         self.windows = len(self.trainer.encode(self.notes)) if self.notes else 0
         self.ledger = PrivacyLedger.open(
-            state_dir / "privacy-ledger.json", cfg.dp_epsilon_budget, cfg.dp_delta
+            state_dir / LEDGER_FILE, cfg.dp_epsilon_budget, cfg.dp_delta
         )
         self.residual = self._load_residual()
 

@@ -1,4 +1,6 @@
-"""Server-side checks of hospital updates and their aggregation (shared by Flower and simulation).
+"""Server side of a round: what is sent, the checks of hospital updates, their aggregation.
+
+Shared by the Flower strategy and the in-process simulation.
 
 An update is decoded to full float32 weights first (`compression.decode_update`), then checked:
 expected tensor names, shapes, float dtype, finite values, and the L2 norm of its change from the
@@ -54,6 +56,12 @@ def payload_dtype_problems(payload: Mapping[str, np.ndarray]) -> list[str]:
         for name, value in payload.items()
         if "@" not in name and np.asarray(value).dtype.kind != "f"
     ]
+
+
+def downlink(global_arrays: Mapping[str, np.ndarray], compression: str) -> Arrays:
+    """What the server sends: fp32 weights, or fp16 when the run compresses updates."""
+    dtype = np.float32 if compression == "none" else np.float16
+    return {k: np.asarray(v).astype(dtype) for k, v in global_arrays.items()}
 
 
 def weighted_average(updates: Sequence[tuple[Mapping[str, np.ndarray], int]]) -> Arrays:

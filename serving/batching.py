@@ -41,6 +41,7 @@ class _Work:
     deadline: float | None  # time.monotonic() seconds
     enqueued: float = field(default_factory=time.monotonic)
     future: Future[BatchResult] = field(default_factory=Future)
+    admitted: bool = False  # its tokens count against max_queue_tokens until it settles
 
     @property
     def tokens(self) -> int:
@@ -133,17 +134,33 @@ class Batcher:
                     f"needs {need} and the limit is {self.limits.max_tokens} (max_queue_tokens)"
                 )
             self._tokens += need
+            work.admitted = True
         try:
             self._queue.put_nowait(work)
         except queue.Full:
-            self._release(need)
+            self._release(work)
             raise QueueFull(f"the request queue is full ({self._queue.maxsize} requests)") from None
-        work.future.add_done_callback(lambda _: self._release(need))
+        work.future.add_done_callback(lambda _: self._release(work))  # a cancelled future too
         return work.future
 
-    def _release(self, tokens: int) -> None:
+    @property
+    def idle(self) -> bool:
+        """No admitted work: nothing queued, nothing running."""
+        return self._tokens == 0
+
+    def _release(self, work: _Work) -> None:
+        """Stop counting `work`'s tokens (once), before its caller learns the outcome."""
         with self._tokens_lock:
-            self._tokens -= tokens
+            if work.admitted:
+                work.admitted = False
+                self._tokens -= work.tokens
+
+    def _settle(self, work: _Work, outcome: BatchResult | BaseException) -> None:
+        self._release(work)
+        if isinstance(outcome, BaseException):
+            work.future.set_exception(outcome)
+        else:
+            work.future.set_result(outcome)
 
     def stop(self) -> None:
         self._queue.put(None)
@@ -181,15 +198,13 @@ class Batcher:
                 return
             group = self._collect(first)
             self._run(group)
-            if self._carry is None and self._queue.empty():
-                group[0].backend.release_memory()  # idle: give the batch's memory back
 
     def _live(self, group: list[_Work]) -> list[_Work]:
         now = time.monotonic()
         live = []
         for work in group:
             if work.deadline is not None and work.deadline <= now:
-                work.future.set_exception(DeadlinePassed("the deadline passed while queued"))
+                self._settle(work, DeadlinePassed("the deadline passed while queued"))
             elif work.future.set_running_or_notify_cancel():
                 live.append(work)
         return live
@@ -205,7 +220,7 @@ class Batcher:
         except Exception as err:  # noqa: BLE001 - the model failed: every waiting request learns why
             log.exception("model batch of %d windows failed", len(windows))
             for work in live:
-                work.future.set_exception(err)
+                self._settle(work, err)
             return
         infer_s = time.monotonic() - started
         self.metrics.inference_seconds.observe(infer_s)
@@ -214,7 +229,7 @@ class Batcher:
             queue_s = started - work.enqueued
             self.metrics.queue_seconds.observe(queue_s)
             n = len(work.windows)
-            work.future.set_result(BatchResult(out[at : at + n], queue_s, infer_s))
+            self._settle(work, BatchResult(out[at : at + n], queue_s, infer_s))
             at += n
 
     def _infer(self, backend: Backend, windows: list[EncodedWindow]) -> list[np.ndarray]:

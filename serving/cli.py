@@ -1,4 +1,8 @@
-"""`appliance serve` and `appliance annotate --remote` (registered into the core CLI)."""
+"""`appliance serve` (registered into the core CLI) and the annotator behind `annotate --remote`.
+
+`register` is this package's `appliance.cli` entry point; `annotate_remote` is its
+`appliance.remote_annotator` entry point (see appliance/remote.py).
+"""
 
 from __future__ import annotations
 
@@ -11,6 +15,8 @@ from typing import Any
 
 import grpc
 
+from appliance.exits import CommandError
+
 log = logging.getLogger(__name__)
 _OVERRIDES = (
     "package", "registry", "backend", "state_dir", "host", "port", "metrics_port",
@@ -18,8 +24,8 @@ _OVERRIDES = (
 )  # fmt: skip
 
 
-def register(sub: argparse._SubParsersAction, parsers: dict[str, argparse.ArgumentParser]) -> None:
-    """Add `serve`; give `annotate` a `--remote HOST:PORT` option (then --package is optional)."""
+def register(sub: argparse._SubParsersAction) -> None:
+    """Add `serve`."""
     serve = sub.add_parser("serve", help="serve NER over gRPC (blocks; SIGTERM drains)")
     serve.add_argument("--config", type=Path, help="TOML file with a [serving] table")
     serve.add_argument("--package", type=Path, help="serve this model package (fixed)")
@@ -35,20 +41,8 @@ def register(sub: argparse._SubParsersAction, parsers: dict[str, argparse.Argume
     serve.add_argument("--production", action="store_true", default=None, help="require mTLS")
     serve.set_defaults(handler=serve_command)
 
-    annotate = parsers["annotate"]
-    for action in annotate._actions:
-        if action.dest == "package":
-            action.required = False
-            action.help = "model package (not needed with --remote)"
-    annotate.add_argument("--remote", metavar="HOST:PORT", help="annotate on a serving endpoint")
-    annotate.add_argument("--ca", type=Path, help="--remote over TLS: trust this CA")
-    annotate.add_argument("--cert", type=Path, help="--remote mTLS client certificate")
-    annotate.add_argument("--key", type=Path, help="--remote mTLS client key")
-    annotate.set_defaults(handler=annotate_command)
-
 
 def serve_command(args: argparse.Namespace) -> None:
-    from appliance.cli import CommandError
     from serving.backends import TORCH_FREE, keep_torch_out
     from serving.config import load_config
 
@@ -74,24 +68,17 @@ def serve_command(args: argparse.Namespace) -> None:
         raise CommandError("stopped before any model could be served", exit_code=3)
 
 
-def annotate_command(args: argparse.Namespace) -> Any:
-    from appliance.cli import CommandError
-
-    if args.remote is None:
-        if args.package is None:
-            raise CommandError("annotate: give --package (local) or --remote HOST:PORT")
-        from appliance import commands  # torch: only for local annotation
-
-        return commands.annotate(args)
-    from appliance.readers import read_text_file
+def annotate_remote(
+    target: str, text: str, *, ca: Path | None, cert: Path | None, key: Path | None
+) -> list[dict[str, Any]]:
+    """`appliance annotate --remote`: the note's spans from the endpoint `target`."""
     from serving.client import NerClient
 
-    text = args.text if args.text is not None else read_text_file(args.file)
-    with NerClient(args.remote, ca=args.ca, cert=args.cert, key=args.key) as client:
+    with NerClient(target, ca=ca, cert=cert, key=key) as client:
         try:
             response = client.analyze(text, include_text=True)
         except grpc.RpcError as err:
-            raise CommandError(f"{args.remote}: {err.code().name}: {err.details()}") from None
+            raise CommandError(f"{target}: {err.code().name}: {err.details()}") from None
     return [
         {
             "start": e.begin,

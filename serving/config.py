@@ -2,63 +2,122 @@
 
 from __future__ import annotations
 
-import ipaddress
-import tomllib
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from appliance.net import is_loopback
+from appliance.tomlconfig import check_keys, read_toml, table
 from serving.backends import BACKENDS
-
-LOOPBACK_NAMES = {"localhost", "ip6-localhost"}
-
-
-def is_loopback(host: str) -> bool:
-    """True when `host` only accepts connections from this machine."""
-    if host in LOOPBACK_NAMES:
-        return True
-    try:
-        return ipaddress.ip_address(host.strip("[]")).is_loopback
-    except ValueError:
-        return False
 
 
 @dataclass(frozen=True)
 class ServingConfig:
     """One served endpoint. Exactly one of `package` (fixed) or `registry` (watched) is set."""
 
-    package: Path | None = None  # serve this package, never swapped
-    registry: Path | None = None  # serve the registry's `current` and follow it
-    backend: str = "onnx-int8"  # fastest measured on CPU; see serving.backends.BACKENDS
-    state_dir: Path = Path("/var/lib/appliance")  # materialized bases, export caches
-    base: str | None = None  # where the base weights live on this box (default: package's)
-    threads: int = 0  # intra-op threads of the backend (0: runtime default)
-    host: str = "127.0.0.1"
-    port: int = 50051  # 0: any free port (tests)
-    metrics_port: int | None = None  # Prometheus exporter port (None: off, 0: any free)
-    metrics_host: str = "127.0.0.1"
-    max_note_chars: int = 125_000
-    max_batch_notes: int = 64
-    max_queue: int = 256  # queued requests before RESOURCE_EXHAUSTED
-    # Model tokens one request may carry: a note over it can never fit (INVALID_ARGUMENT), a
-    # batch over it is refused (RESOURCE_EXHAUSTED). 16,384 is ~60,000 characters of English,
-    # ~15 s of one core-pair's work on the 135M model; CJK or emoji take 2-3 tokens a character.
-    max_request_tokens: int = 16_384
-    # Model tokens admitted and not yet answered, server-wide (RESOURCE_EXHAUSTED beyond it).
-    max_queue_tokens: int = 65_536
-    token_budget: int = 1024  # padded tokens per model batch (1024 measured fastest, 2 cores)
-    max_queue_delay_ms: float = 5.0  # how long the batcher waits to fill a batch
-    workers: int = 16  # gRPC handler threads
-    # Give model-run memory back to the OS whenever the queue runs empty (ONNX Runtime arena
-    # shrinkage after each run, glibc malloc_trim): resident memory returns near idle after a
-    # large request (benchmarks/results/serving_memory.md).
-    release_memory: bool = True
-    watch_interval_s: float = 2.0
-    drain_grace_s: float = 10.0
-    tls_cert: Path | None = None  # server certificate chain (PEM)
-    tls_key: Path | None = None
-    tls_client_ca: Path | None = None  # set: clients must present a certificate it signed (mTLS)
-    production: bool = False  # requires mTLS
+    package: Path | None = field(
+        default=None,
+        metadata={"help": "serve this model package, never swapped (set this or registry)"},
+    )
+    registry: Path | None = field(
+        default=None,
+        metadata={
+            "help": "serve the registry's `current` version and follow it (set this or package)"
+        },
+    )
+    backend: str = field(
+        default="onnx-int8",
+        metadata={
+            "help": "runtime: onnx-int8 (fastest measured on CPU), onnx-int4, torch-nf4 or "
+            "torch-fp32"
+        },
+    )
+    state_dir: Path = field(
+        default=Path("/var/lib/appliance"),
+        metadata={"help": "where materialized bases and ONNX export caches live"},
+    )
+    base: str | None = field(
+        default=None,
+        metadata={
+            "help": "where the base weights live on this box (unset: the path the package records)"
+        },
+    )
+    threads: int = field(
+        default=0, metadata={"help": "intra-op threads of the backend (0: the runtime's default)"}
+    )
+    host: str = field(
+        default="127.0.0.1",
+        metadata={"help": "gRPC listen address; plaintext is refused unless it is loopback"},
+    )
+    port: int = field(default=50051, metadata={"help": "gRPC port (0: any free port)"})
+    metrics_port: int | None = field(
+        default=None, metadata={"help": "Prometheus exporter port (unset: off, 0: any free port)"}
+    )
+    metrics_host: str = field(
+        default="127.0.0.1", metadata={"help": "Prometheus exporter listen address"}
+    )
+    max_note_chars: int = field(
+        default=125_000, metadata={"help": "characters per note; longer notes get INVALID_ARGUMENT"}
+    )
+    max_batch_notes: int = field(
+        default=64, metadata={"help": "notes per AnalyzeBatch; more get INVALID_ARGUMENT"}
+    )
+    max_queue: int = field(
+        default=256,
+        metadata={"help": "requests waiting for the model; beyond it RESOURCE_EXHAUSTED"},
+    )
+    max_request_tokens: int = field(
+        default=16_384,
+        metadata={
+            "help": "model tokens one request may carry: a note over it can never fit "
+            "(INVALID_ARGUMENT), a batch over it is refused (RESOURCE_EXHAUSTED); 16,384 "
+            "is about 60,000 characters of English, about 15 s of one core-pair's work on "
+            "the 135M model; CJK or emoji take 2-3 tokens a character"
+        },
+    )
+    max_queue_tokens: int = field(
+        default=65_536,
+        metadata={
+            "help": "model tokens admitted and not yet answered, server-wide; beyond it "
+            "RESOURCE_EXHAUSTED"
+        },
+    )
+    token_budget: int = field(
+        default=1024,
+        metadata={"help": "padded tokens per model batch (1024 measured fastest on 2 cores)"},
+    )
+    max_queue_delay_ms: float = field(
+        default=5.0, metadata={"help": "how long the batcher waits to fill a batch"}
+    )
+    workers: int = field(default=16, metadata={"help": "gRPC handler threads"})
+    release_memory: bool = field(
+        default=True,
+        metadata={
+            "help": "give memory back to the OS whenever no work is admitted (ONNX Runtime "
+            "arena shrinkage, glibc malloc_trim), so resident memory returns near "
+            "idle after a large request (measured by benchmarks/serving_memory.py)"
+        },
+    )
+    watch_interval_s: float = field(
+        default=2.0, metadata={"help": "seconds between checks of the registry's `current`"}
+    )
+    drain_grace_s: float = field(
+        default=10.0, metadata={"help": "on SIGTERM, seconds calls in flight get to finish"}
+    )
+    tls_cert: Path | None = field(
+        default=None, metadata={"help": "server certificate chain (PEM); with tls_key turns on TLS"}
+    )
+    tls_key: Path | None = field(
+        default=None, metadata={"help": "the server certificate's private key (PEM)"}
+    )
+    tls_client_ca: Path | None = field(
+        default=None,
+        metadata={"help": "set: clients must present a certificate this CA signed (mTLS)"},
+    )
+    production: bool = field(
+        default=False,
+        metadata={"help": "refuse to start without mTLS (tls_cert, tls_key and tls_client_ca)"},
+    )
 
     def __post_init__(self) -> None:
         if (self.package is None) == (self.registry is None):
@@ -110,17 +169,12 @@ def _coerce(name: str, value: Any) -> Any:
 
 def load_config(path: Path | None, overrides: dict[str, Any]) -> ServingConfig:
     """Read the `[serving]` table of a TOML file (or none), then apply non-None `overrides`."""
-    known = {f.name for f in fields(ServingConfig)}
     values: dict[str, Any] = {}
     if path is not None:
-        try:
-            data = tomllib.loads(path.read_text(encoding="utf-8"))
-        except (OSError, tomllib.TOMLDecodeError) as err:
-            raise ValueError(f"{path}: cannot read serving config: {err}") from err
-        table = data.get("serving", data)
-        unknown = sorted(set(table) - known)
-        if unknown:
-            raise ValueError(f"{path}: unknown key(s) {unknown}; known: {sorted(known)}")
-        values.update(table)
+        data = read_toml(path, "serving config")
+        where = f"{path} [serving]" if "serving" in data else str(path)
+        section = table(data, "serving", where) if "serving" in data else data
+        check_keys(section, ServingConfig, where)
+        values.update(section)
     values.update({k: v for k, v in overrides.items() if v is not None})
     return ServingConfig(**{k: _coerce(k, v) for k, v in values.items()})

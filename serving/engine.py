@@ -255,6 +255,15 @@ class Engine:
     def _run(
         self, model: ServedModel, reqs: Sequence[NoteRequest], deadline: float | None
     ) -> list[ner_pb2.AnalyzeResponse | RequestError]:
+        try:
+            return self._annotate(model, reqs, deadline)
+        finally:
+            if self.batcher.idle:  # the last request out gives the memory of all of them back
+                model.backend.release_memory()
+
+    def _annotate(
+        self, model: ServedModel, reqs: Sequence[NoteRequest], deadline: float | None
+    ) -> list[ner_pb2.AnalyzeResponse | RequestError]:
         started = time.monotonic()
         notes = [Note(r.note_id or f"note-{i}", r.text) for i, r in enumerate(reqs)]
         with self._tokenize_lock:

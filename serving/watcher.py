@@ -55,7 +55,8 @@ class ModelWatcher:
             return False
         log.info("loading model version %s", current.version)
         try:
-            model = load_served_model(self.engine.config, current.path, current.version)
+            with self.registry.loading(current.version) as held:  # `prune` leaves it alone
+                model = load_served_model(self.engine.config, held.path, held.version)
         except Exception as err:  # noqa: BLE001 - any failure must leave the old model serving
             self._refuse(current.version, err, served)
             return False

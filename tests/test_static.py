@@ -19,7 +19,7 @@ def test_ruff_is_clean():
 
 def test_mypy_is_clean():
     run = subprocess.run(
-        [sys.executable, "-m", "mypy", "appliance", "serving", "federation", "benchmarks"],
+        [sys.executable, "-m", "mypy", "appliance", "serving", "federation", "benchmarks", "demo"],
         cwd=ROOT,
         capture_output=True,
         text=True,

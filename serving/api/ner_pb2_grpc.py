@@ -26,7 +26,9 @@ if _version_not_supported:
 
 
 class NerServiceStub:
-    """Missing associated documentation comment in .proto file."""
+    """Clinical NER over notes. Also registered: grpc.health.v1.Health (SERVING once a model is
+    loaded, NOT_SERVING while loading or draining) and server reflection.
+    """
 
     def __init__(self, channel):
         """Constructor.
@@ -57,29 +59,40 @@ class NerServiceStub:
 
 
 class NerServiceServicer:
-    """Missing associated documentation comment in .proto file."""
+    """Clinical NER over notes. Also registered: grpc.health.v1.Health (SERVING once a model is
+    loaded, NOT_SERVING while loading or draining) and server reflection.
+    """
 
     def Analyze(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """Annotate one note. INVALID_ARGUMENT for bad input (see AnalyzeRequest), RESOURCE_EXHAUSTED
+        when the queue is full, UNAVAILABLE while loading or draining, DEADLINE_EXCEEDED.
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def AnalyzeBatch(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """Annotate up to Limits.max_batch_notes notes in one call, with a status per note. The call
+        itself fails with INVALID_ARGUMENT for too many notes, RESOURCE_EXHAUSTED when the notes
+        together exceed Limits.max_request_tokens or the queue is full, UNAVAILABLE while loading
+        or draining, DEADLINE_EXCEEDED.
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def AnalyzeStream(self, request_iterator, context):
-        """Bulk back-fill: one NoteResult per request, in order; a bad note does not end the stream.
+        """Bulk back-fill: one NoteResult per request, in order; a bad note does not end the stream
+        (its NoteResult carries the code the unary call would have returned).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def GetInfo(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """The served model, its categories and labels, and the server's limits. UNAVAILABLE while
+        loading or draining.
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
@@ -116,7 +129,9 @@ def add_NerServiceServicer_to_server(servicer, server):
 
  # This class is part of an EXPERIMENTAL API.
 class NerService:
-    """Missing associated documentation comment in .proto file."""
+    """Clinical NER over notes. Also registered: grpc.health.v1.Health (SERVING once a model is
+    loaded, NOT_SERVING while loading or draining) and server reflection.
+    """
 
     @staticmethod
     def Analyze(request,

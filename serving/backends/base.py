@@ -75,10 +75,11 @@ class Backend(ABC):
         """(core words, tags) log-probabilities for each window, in order; one batch."""
 
     def release_memory(self) -> None:
-        """Give memory freed after model runs back to the OS (the batcher calls it when idle).
+        """Give memory freed by finished requests back to the OS (the engine calls it, from any
+        thread, when no work is admitted).
 
-        Activations are freed after each run, but the C heap keeps the pages; without this a
-        process stays at the resident size of its largest batch.
+        Activations and a request's windows are freed when it ends, but the C heap keeps the
+        pages; without this a process stays at the resident size of its largest request.
         """
         if self.options.release_memory:
             trim_heap()

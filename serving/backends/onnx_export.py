@@ -36,6 +36,7 @@ from pathlib import Path
 from typing import Any
 
 from appliance.package_meta import verified_weights_sha256
+from appliance.registry import EXPORT_INFO
 from serving.backends.base import BackendError
 
 RECIPES: dict[str, dict[str, Any]] = {
@@ -61,7 +62,7 @@ RECIPES: dict[str, dict[str, Any]] = {
     },
 }
 MODEL_FILE = "model.onnx"
-INFO_FILE = "export.json"
+INFO_FILE = EXPORT_INFO  # the registry prunes an export by the version this file names
 TOKENIZER_DIR = "tokenizer"
 
 

@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+import http.server
 import os
+import subprocess
+import sys
+import threading
 from pathlib import Path
+from typing import ClassVar
 
 import pytest
 import torch
@@ -20,10 +25,59 @@ from appliance.model import (
 )
 
 
-def test_offline_mode_is_forced():
-    import appliance  # noqa: F401
+class _RecordingHub(http.server.BaseHTTPRequestHandler):
+    """A stand-in model hub that records every request made to it."""
 
-    assert os.environ["HF_HUB_OFFLINE"] == "1"
+    requests: ClassVar[list[str]] = []
+
+    def do_GET(self) -> None:  # noqa: N802 - http.server's name
+        self.requests.append(self.path)
+        self.send_error(404)
+
+    do_HEAD = do_GET  # noqa: N815
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+LOAD_SCRIPT = """
+import os, sys
+import appliance
+switches = [os.environ.get(k) for k in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")]
+print("offline-after-import", *switches)
+from appliance.config import ModelConfig
+from appliance.model import load_model
+loaded = load_model(ModelConfig(base=sys.argv[1]), ("Chemical",), sys.argv[2])
+print("loaded", loaded.fingerprint)
+"""
+
+
+def test_importing_sets_nothing_and_loading_never_asks_a_hub(tiny_llama: Path, tmp_path: Path):
+    # Prepare: no offline switches in the environment, and a "hub" that records requests
+    hub = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _RecordingHub)
+    threading.Thread(target=hub.serve_forever, daemon=True).start()
+    env = {
+        k: v for k, v in os.environ.items() if k not in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")
+    }
+    env["HF_ENDPOINT"] = f"http://127.0.0.1:{hub.server_address[1]}"
+
+    # Execute
+    try:
+        run = subprocess.run(
+            [sys.executable, "-c", LOAD_SCRIPT, str(tiny_llama), str(tmp_path)],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+    finally:
+        hub.shutdown()
+
+    # Assert
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert "offline-after-import None None" in run.stdout  # importing has no side effects
+    assert "loaded sha256:" in run.stdout
+    assert _RecordingHub.requests == []  # local_files_only: nothing was asked of a hub
 
 
 def test_loads_hf_directory_with_fresh_bio_head(tiny_llama: Path, tmp_path: Path):

@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import random
+from functools import partial
 from pathlib import Path
 
 import pytest
+import torch
 
-from appliance.config import ModelConfig
+from appliance.config import ModelConfig, TrainConfig
+from appliance.encoding import IGNORE
+from appliance.layers import LayerSelection
 from appliance.model import load_model
 from appliance.notes import EntitySpan, Note
 from appliance.sentence_task import (
@@ -18,6 +22,7 @@ from appliance.sentence_task import (
     sentence_label,
     sentence_scores,
 )
+from appliance.training import Trainer, seed_everything
 
 CHEMICALS = ["aspirin", "cisplatin", "lithium", "heparin"]
 DISEASES = ["fever", "nephrotoxicity", "seizures", "anemia"]
@@ -98,3 +103,45 @@ def test_scores_are_those_of_the_positive_class():
     assert scores["f1"] == pytest.approx(0.5)
     assert scores["accuracy"] == pytest.approx(0.6)
     assert sentence_scores([0, 0], [0, 0])["f1"] == 0.0
+
+
+def test_the_trainer_fits_the_sentence_task_through_its_encoder(tiny_llama: Path, tmp_path: Path):
+    # Prepare
+    loaded = as_sentence_classifier(
+        load_model(ModelConfig(base=str(tiny_llama)), ("Chemical", "Disease"), tmp_path)
+    )
+    notes = cue_corpus(16, seed=2)
+    cfg = TrainConfig(epochs=1, batch_size=8, max_tokens=64, context_tokens=8, use_cache=False)
+    encoder = partial(encode_sentences, loaded, max_tokens=64, context_tokens=8)
+    selection = LayerSelection.parse("head", loaded.num_layers)
+
+    # Execute
+    trainer = Trainer(loaded, selection, cfg, progress=False, encoder=encoder)
+    windows = trainer.encode(notes)
+    result = trainer.fit(notes, [])
+
+    # Assert: one labelled window per sentence, the sentence label on it, and it trained
+    assert windows == encoder(notes)
+    assert [[x for x in w.labels if x != IGNORE] for w in windows] == [
+        [sentence_label(n)] for n in notes
+    ]
+    assert len(result.history) == 1 and result.history[0].tokens == sum(map(len, windows))
+
+
+def test_init_head_is_the_seeded_start_fit_makes(tiny_llama: Path, tmp_path: Path):
+    # Prepare
+    loaded = load_model(ModelConfig(base=str(tiny_llama)), ("Chemical",), tmp_path)
+    trainer = Trainer(loaded, LayerSelection.parse("head", loaded.num_layers), TrainConfig())
+
+    # Execute
+    trainer.init_head(seed_everything(5))
+    first = loaded.model.score.weight.detach().clone()
+    torch.nn.init.zeros_(loaded.model.score.weight)
+    trainer.init_head(seed_everything(5))
+    other = loaded.model.score.weight.detach().clone()
+    trainer.init_head(seed_everything(6))
+
+    # Assert
+    torch.testing.assert_close(first, other)
+    assert first.abs().sum() > 0
+    assert not torch.allclose(first, loaded.model.score.weight)

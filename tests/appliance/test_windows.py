@@ -11,7 +11,9 @@ import pytest
 from appliance.notes import Note
 from appliance.readers import read_conll
 from appliance.windows import (
+    REBUILD_CHARS,
     Window,
+    blank_pipeline,
     make_windows,
     right_context,
     sentence_spans,
@@ -251,3 +253,23 @@ def test_conll_devel_sample_tiles() -> None:
 def test_bad_pre_tokenized_words() -> None:
     with pytest.raises(ValueError, match="note o: word spans"):
         word_spans(Note("o", "abc def", words=((0, 3), (2, 5))))
+
+
+def test_unique_words_do_not_grow_the_pipeline_without_bound() -> None:
+    # Prepare: notes of ids and blobs spaCy has never seen, 3x the rebuild threshold in all
+    rng = random.Random(3)
+    size = 100_000
+
+    def unique_note(i: int) -> Note:
+        words = [f"{rng.getrandbits(64):016x}" for _ in range(size // 17)]
+        return Note(f"u{i}", " ".join(words))
+
+    # Execute
+    strings = []
+    for i in range(3 * REBUILD_CHARS // size):
+        word_spans(unique_note(i))
+        strings.append(len(blank_pipeline().vocab.strings))
+
+    # Assert: the vocab is replaced before it holds two thresholds' worth of new words
+    assert max(strings) < 2 * REBUILD_CHARS // 17 + 5_000
+    assert min(strings[len(strings) // 2 :]) < max(strings)  # it was rebuilt on the way

@@ -237,6 +237,7 @@ def _near_budget(instance: str, rss: int) -> dict[str, dict[str, str]]:
                 " and restarts it. Raise hospital_node_serving_memory_high and _max"
                 " (docs/memory-budgets.md) or look for what grows."
             ),
+            "runbook_url": "docs/operations.md#applianceservingmemorynearbudget",
         },
     }
 
@@ -252,5 +253,6 @@ def _budget_unknown(instance: str) -> dict[str, dict[str, str]]:
                 " `ansible-playbook monitoring.yml` (the targets must be named as in the"
                 " inventory) and reload Prometheus."
             ),
+            "runbook_url": "docs/operations.md#applianceservingmemorybudgetunknown",
         },
     }

@@ -70,9 +70,3 @@ def test_certs_are_written_private_and_never_overwritten(tmp_path: Path, capsys)
     assert (out / "a.pub").read_text().startswith("ecdsa-sha2-nistp384 ")
     assert main(["federate", "certs", "--out", str(out), "--hospitals", "a"]) == 2
     assert "refusing to overwrite" in capsys.readouterr().err
-
-
-def test_demo_refuses_zero_rounds_before_starting_anything(tmp_path: Path, capsys):
-    assert main(["demo", "--rounds", "0", "--state-dir", str(tmp_path)]) == 2
-    assert "--rounds 0: must be >= 1" in capsys.readouterr().err
-    assert not (tmp_path / "demo").exists()

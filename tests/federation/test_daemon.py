@@ -3,14 +3,18 @@
 from __future__ import annotations
 
 import datetime as dt
+import json
+import shutil
 import sys
 import time
 from pathlib import Path
 
 import pytest
 
+from appliance.registry import ModelRegistry
 from federation.daemon import NightlyDaemon
 from federation.daemon_config import DaemonConfig, TimeWindow, load_daemon_config
+from federation.journal import RoundJournal
 
 SLEEPER = (sys.executable, "-c", "import time; time.sleep(120)")
 CRASHER = (sys.executable, "-c", "raise SystemExit(3)")
@@ -67,10 +71,11 @@ def test_bad_windows_and_configs_are_refused(tmp_path: Path):
 def test_config_file_errors_name_the_file_and_key(tmp_path: Path):
     path = tmp_path / "daemon.toml"
     path.write_text('[daemon]\nhospital = "a"\ncolour = "red"\n')
-    with pytest.raises(ValueError, match=r"daemon.toml: unknown \[daemon\] key\(s\) \['colour'\]"):
+    unknown = r"daemon.toml \[daemon\]: unknown key\(s\) \['colour'\]; known: \[.*'hospital'"
+    with pytest.raises(ValueError, match=unknown):
         load_daemon_config(path)
     path.write_text("[daemon\n")
-    with pytest.raises(ValueError, match="daemon.toml: invalid TOML"):
+    with pytest.raises(ValueError, match=r"daemon.toml: cannot read daemon config: invalid TOML"):
         load_daemon_config(path)
 
 
@@ -136,3 +141,46 @@ def test_run_stops_the_child_on_request(tmp_path: Path):
     daemon.stopping.set()
     thread.join(timeout=40)
     assert not thread.is_alive() and child.poll() is not None
+
+
+def test_a_node_whose_ledger_was_lost_refuses_to_start(tmp_path: Path):
+    # Prepare: a journal with a round that spent privacy budget, and no ledger
+    cfg = _config(tmp_path, supernode_command=SLEEPER)
+    RoundJournal(cfg.journal).record(
+        "round_completed", node="hospital-a", server_round=3, eps_spent=1.2, eps_remaining=6.8
+    )
+
+    # Execute / Assert
+    with pytest.raises(ValueError, match="restore privacy-ledger.json from backup") as refused:
+        NightlyDaemon(cfg)
+    assert str(cfg.ledger) in str(refused.value) and "round 3" in str(refused.value)
+    cfg.ledger.write_text('{"delta": 1e-05, "history": [[1.0, 0.1, 10]]}')
+    assert NightlyDaemon(cfg).child is None  # restored: it starts
+
+
+def test_dp_versions_in_the_registry_count_as_past_spend(tiny_package: Path, tmp_path: Path):
+    # Prepare: a federated DP model in the registry, no journal, no ledger
+    cfg = _config(tmp_path, supernode_command=SLEEPER)
+    package = tmp_path / "package"
+    shutil.copytree(tiny_package, package)
+    meta = json.loads((package / "package.json").read_text())
+    meta["training"] = {"federated": True, "dp": True}
+    (package / "package.json").write_text(json.dumps(meta))
+    version = ModelRegistry(cfg.registry).publish(package, "round-1").version
+
+    # Execute / Assert
+    with pytest.raises(ValueError, match=rf"registry .*{version}.*privacy-ledger.json from backup"):
+        NightlyDaemon(cfg)
+
+
+def test_rounds_without_dp_need_no_ledger(tiny_package: Path, tmp_path: Path):
+    # Prepare: plain rounds in the journal and a plain model in the registry, no ledger
+    cfg = _config(tmp_path, supernode_command=SLEEPER)
+    RoundJournal(cfg.journal).record("round_completed", node="hospital-a", server_round=1)
+    ModelRegistry(cfg.registry).publish(tiny_package, "round-1")
+
+    # Execute
+    daemon = NightlyDaemon(cfg)
+
+    # Assert
+    assert daemon.child is None and not cfg.ledger.exists()

@@ -1,4 +1,4 @@
-"""The README's main job, `appliance demo`, end to end on the tiny Llama: real SuperLink,
+"""The README's main job, `python -m demo`, end to end on the tiny Llama: real SuperLink,
 three daemons with their SuperNodes, three serving processes, rounds with DP and SecAgg+,
 promotion into serving, the gRPC call; then nothing it started is left running, also after
 Ctrl-C. Slow (minutes): every ClientApp message starts a process.
@@ -19,7 +19,9 @@ from pathlib import Path
 import pytest
 
 from appliance.registry import ModelRegistry
-from federation.demo import ConsortiumDemo, DemoPlan, make_plan, training_window
+from demo.cli import main
+from demo.federated import ConsortiumDemo, training_window
+from demo.plan import DemoPlan, make_plan
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -95,7 +97,7 @@ def test_demo_trains_promotes_serves_and_stops_everything(
 _RUN = """
 import sys
 from pathlib import Path
-from federation.demo import ConsortiumDemo
+from demo.federated import ConsortiumDemo
 from tests.federation.test_demo import tiny_plan
 ConsortiumDemo(tiny_plan(Path(sys.argv[1]), rounds=50), Path(sys.argv[2]), Path(sys.argv[3])).run()
 """
@@ -145,3 +147,25 @@ def test_plans_and_window():
     import datetime as dt
 
     assert training_window(dt.datetime(2026, 1, 1, 23, 30)) == "23:29-01:30"
+
+
+def test_demo_refuses_bad_flags_before_starting_anything(tmp_path: Path, capsys):
+    assert main(["--rounds", "0", "--state-dir", str(tmp_path)]) == 2
+    assert "--rounds 0: must be >= 1" in capsys.readouterr().err
+    assert main(["--data", str(tmp_path), "--state-dir", str(tmp_path)]) == 2
+    assert "missing train.tsv, devel.tsv, test.tsv" in capsys.readouterr().err
+    assert not (tmp_path / "demo").exists()
+
+
+def test_python_m_demo_runs_from_the_checkout(tmp_path: Path):
+    """The README's command line: `python -m demo` from the repository root."""
+    done = subprocess.run(
+        [sys.executable, "-m", "demo", "--rounds", "0", "--state-dir", str(tmp_path)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert done.returncode == 2, done.stderr
+    assert "demo: error: --rounds 0: must be >= 1" in done.stderr

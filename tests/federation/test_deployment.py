@@ -18,7 +18,8 @@ import pytest
 from safetensors.numpy import load_file
 
 from appliance.registry import ModelRegistry
-from federation.deploy import Consortium, make_certificates
+from demo.consortium import Consortium
+from federation.deploy import make_certificates
 from federation.journal import read_journal
 from tests.appliance.corpus import write_jsonl
 from tests.federation.helpers import tiny_config

@@ -2,13 +2,20 @@
 
 from __future__ import annotations
 
+import datetime as dt
+import json
+import re
 import shutil
+import urllib.request
 from pathlib import Path
 
 import pytest
 
 from appliance.readers import read_jsonl
 from appliance.registry import ModelRegistry
+from federation.daemon import NightlyDaemon
+from federation.daemon_config import DaemonConfig
+from federation.exporter import DaemonMetrics
 from federation.journal import RoundJournal, read_journal
 from federation.promotion import heldout_f1, promote_if_not_worse
 from tests.appliance.corpus import write_jsonl
@@ -74,3 +81,64 @@ def test_a_broken_candidate_never_becomes_current(tiny_package: Path, heldout, t
 def test_promotion_needs_heldout_notes(tiny_package: Path, tmp_path: Path):
     with pytest.raises(ValueError, match="held-out notes"):
         promote_if_not_worse(tmp_path / "r", tiny_package, [], 0.01, tmp_path)
+
+
+def _scrape(port: int) -> str:
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as response:
+        return response.read().decode()
+
+
+def _export(exports: Path, name: str, package: Path) -> Path:
+    """An ONNX export directory as serving leaves it (export.json names its package)."""
+    (exports / name).mkdir(parents=True)
+    (exports / name / "export.json").write_text(json.dumps({"package": str(package)}))
+    return exports / name
+
+
+def test_the_daemon_prunes_after_a_promotion_and_reports_the_disk(
+    tiny_package: Path, heldout, tmp_path: Path
+):
+    # Prepare: three promoted versions and serving's export of the first; the journal only says
+    # that a candidate was kept out
+    exports = tmp_path / "serving" / "exports"
+    cfg = DaemonConfig(
+        hospital="hospital-a",
+        superlink="127.0.0.1:9092",
+        notes=tmp_path / "notes.jsonl",
+        heldout=tmp_path / "heldout.jsonl",
+        state_dir=tmp_path / "state",
+        registry=tmp_path / "registry",
+        insecure=True,
+        keep_versions=1,
+        serving_exports=exports,
+    )
+    registry, journal = ModelRegistry(cfg.registry), RoundJournal(cfg.journal)
+    old = []
+    for label in ("seed", "n1", "n2"):
+        old.append(registry.promote(registry.publish(tiny_package, label).version, "x").version)
+    first_export = _export(exports, "onnx-int8-first", registry.path(old[0]))
+    journal.record("promotion", outcome="kept", version=old[2])
+    metrics = DaemonMetrics(cfg.hospital)
+    port = metrics.serve("127.0.0.1", 0)
+    daemon = NightlyDaemon(cfg, clock=lambda: dt.datetime(2026, 11, 22, 12), metrics=metrics)
+    try:
+        # Execute: a tick after the kept round, a promotion through the ClientApp's path, a tick
+        daemon.tick()
+        before = registry.versions()
+        new = promote_if_not_worse(
+            registry.root, tiny_package, heldout, 0.0, tmp_path, journal=journal
+        )
+        new_export = _export(exports, "onnx-int8-new", registry.path(new.version))
+        daemon.tick()
+        text = _scrape(port)
+    finally:
+        metrics.close()
+    # Assert: nothing pruned without a promotion; then current (the newest) and previous stay
+    assert before == old and new.promoted
+    assert registry.versions() == [old[2], new.version] and registry.previous() == old[2]
+    assert not first_export.exists() and new_export.is_dir()
+    h = 'hospital="hospital-a"'
+    assert f"appliance_registry_versions{{{h}}} 2.0" in text
+    assert f"appliance_registry_bytes{{{h}}} {float(registry.size_bytes())}" in text
+    ratio = re.search(rf"appliance_state_disk_used_ratio{{{h}}} (\S+)", text)
+    assert ratio is not None and 0.0 < float(ratio.group(1)) < 1.0

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import ast
 import logging
+from pathlib import Path
 
 import numpy as np
 import pytest
 
-from federation.updates import aggregate_round, weighted_average
+from federation import strategy
+from federation.updates import aggregate_round, downlink, weighted_average
 
 GLOBAL = {"a": np.zeros((2, 3), np.float32), "b": np.ones(4, np.float32)}
 
@@ -45,3 +48,27 @@ def test_declined_nodes_are_reported_and_an_empty_round_keeps_the_model():
     new, outcome = aggregate_round(GLOBAL, [("n1", {}, 0, "privacy budget")], 100.0)
     assert outcome.declined == {"n1": "privacy budget"} and not outcome.accepted
     np.testing.assert_array_equal(new["b"], GLOBAL["b"])
+
+
+@pytest.mark.parametrize(("compression", "dtype"), [("none", np.float32), ("int8", np.float16)])
+def test_downlink_sends_fp32_or_fp16(compression: str, dtype: type):
+    sent = downlink(GLOBAL, compression)
+    assert {v.dtype for v in sent.values()} == {np.dtype(dtype)}
+    np.testing.assert_array_equal(sent["b"], GLOBAL["b"])
+
+
+def test_the_production_strategy_does_not_import_the_simulation():
+    # Prepare
+    source = Path(strategy.__file__).read_text(encoding="utf-8")
+
+    # Execute
+    imported = set()
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.ImportFrom) and node.module:
+            imported.add(node.module)
+        elif isinstance(node, ast.Import):
+            imported.update(alias.name for alias in node.names)
+
+    # Assert
+    assert "federation.updates" in imported
+    assert not any(name.startswith("federation.simulation") for name in imported)

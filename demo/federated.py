@@ -1,4 +1,4 @@
-"""`appliance demo`: the whole product on one machine, with the embedded SmolLM2-135M.
+"""`python -m demo`: the whole product on one machine, with the embedded SmolLM2-135M.
 
 A consortium of three hospital boxes: one `flower-superlink` (TLS, SuperNode authentication),
 and per box the nightly federation daemon (`appliance federate daemon`, which runs the box's
@@ -10,8 +10,8 @@ box with `--dp`); after each round every box promotes the global model into its 
 is not worse on its held-out notes, and serving swaps it in. Then an EHR-style client sends a sample
 note over gRPC. Everything is started as real processes and stopped at the end or on Ctrl-C.
 
-Serving and federation meet only through the registry on disk: this module starts serving as
-a process and talks to it through its CLI and its metrics endpoint, never by import.
+Serving and federation meet only through the registry on disk: this module starts both as
+`appliance` processes and talks to serving through its CLI and its metrics endpoint.
 """
 
 from __future__ import annotations
@@ -32,14 +32,15 @@ from pathlib import Path
 from typing import Any
 
 from appliance.config import ModelConfig
-from appliance.demo import DATA, SAMPLE_NOTE
 from appliance.readers import read_notes
 from appliance.registry import ModelRegistry
 from appliance.writers import write_conll
+from demo.consortium import Consortium, RunResult
+from demo.plan import DemoPlan
+from demo.progress import Progress, say
+from demo.sources import DATA, SAMPLE_NOTE
 from federation.daemon_config import toml_value
-from federation.demo_plan import DemoPlan, make_plan
-from federation.demo_progress import Progress, say
-from federation.deploy import Consortium, RunResult, free_port, make_certificates
+from federation.deploy import free_port, make_certificates
 from federation.partition import dominant_label, partition
 
 HOSPITALS = ("hospital-a", "hospital-b", "hospital-c")
@@ -123,8 +124,8 @@ def training_window(now: dt.datetime, hours: int = 2) -> str:
 class ConsortiumDemo:
     """Prepare the boxes, start every process, run the rounds, call serving, stop everything."""
 
-    def __init__(self, plan: DemoPlan, workdir: Path, state_dir: Path) -> None:
-        self.plan, self.workdir, self.state_dir = plan, workdir, state_dir
+    def __init__(self, plan: DemoPlan, workdir: Path, state_dir: Path, data: Path = DATA) -> None:
+        self.plan, self.workdir, self.state_dir, self.data = plan, workdir, state_dir, data
         self.boxes = [Box(name, workdir / name) for name in HOSPITALS]
         self.consortium: Consortium | None = None
         self.progress = Progress(self.boxes, plan.rounds, plan.federation.dp_delta)
@@ -177,8 +178,8 @@ class ConsortiumDemo:
 
     def _shards(self) -> None:
         say(f"demo folder {self.workdir}; the embedded SmolLM2-135M (30 layers)")
-        train = read_notes(str(DATA / "train.tsv")).notes[: self.plan.train_notes]
-        devel = read_notes(str(DATA / "devel.tsv")).notes
+        train = read_notes(str(self.data / "train.tsv")).notes[: self.plan.train_notes]
+        devel = read_notes(str(self.data / "devel.tsv")).notes
         seed = self.plan.split_seed
         shards = partition(train, len(self.boxes), "dirichlet", alpha=0.5, seed=seed)
         for i, (box, notes) in enumerate(zip(self.boxes, shards, strict=True)):
@@ -326,22 +327,20 @@ class ConsortiumDemo:
         return entities
 
 
-def run_demo(args: Any) -> dict[str, Any] | None:
-    """`appliance demo` (registered by federation.cli); `--single-box` runs the core's demo."""
-    from appliance.config import ApplianceConfig
-
-    if getattr(args, "single_box", False):
-        from appliance import commands
-
-        return commands.demo(args)  # type: ignore[no-any-return]
-    state_dir = Path(ApplianceConfig(state_dir=args.state_dir or "").state_dir)
-    plan = make_plan(args.quick, args.rounds, args.backend, args.dp)
-    stamp = time.strftime("%Y%m%d-%H%M%S")
-    workdir = Path(args.workdir) if args.workdir else state_dir / "demo" / stamp
+def run_demo(
+    state_dir: Path,
+    data: Path,
+    plan: DemoPlan,
+    workdir: Path | None = None,
+    keep: bool = False,
+) -> dict[str, Any]:
+    """Run the consortium in `workdir` (default <state-dir>/demo/<time>); remove the folder
+    after a success unless `keep` (after a failure it stays, with the logs)."""
+    workdir = workdir or state_dir / "demo" / time.strftime("%Y%m%d-%H%M%S")
     workdir.mkdir(parents=True, exist_ok=True)
-    ConsortiumDemo(plan, workdir, state_dir).run()  # on failure the folder stays, with logs
-    if args.keep:
+    summary = ConsortiumDemo(plan, workdir, state_dir, data).run()
+    if keep:
         say(f"kept {workdir} (logs, registries, summary.json)")
     else:
         shutil.rmtree(workdir, ignore_errors=True)
-    return None
+    return summary

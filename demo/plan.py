@@ -1,4 +1,4 @@
-"""How big `appliance demo` is: the full and the quick plan, and `--dp`'s settings."""
+"""How big the demo is: the full and the quick plan, and `--dp`'s settings."""
 
 from __future__ import annotations
 

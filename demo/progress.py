@@ -129,7 +129,7 @@ class Progress:
             spent = ", ".join(f"{n} {e:.2f}" for n, e in sorted(self.eps.items()))
             say(f"privacy spent (epsilon at delta {self.delta:g}): {spent}")
         else:
-            say("privacy spent: none accounted, DP-SGD was off (appliance demo --dp)")
+            say("privacy spent: none accounted, DP-SGD was off (python -m demo --dp)")
         say(f"done in {seconds / 60:.1f} min")
         return {
             "rounds": rows,

@@ -1,4 +1,4 @@
-"""The README's main job: train `top:8` on the vendored BC5CDR, evaluate, annotate a sample note."""
+"""`python -m demo --single-box`: train `top:8` on BC5CDR, evaluate, annotate a sample note."""
 
 from __future__ import annotations
 
@@ -15,23 +15,14 @@ from appliance.model import load_model
 from appliance.package import save_package
 from appliance.readers import read_notes
 from appliance.training import Trainer
-
-DATA = Path(__file__).resolve().parent.parent / "data" / "bc5cdr"
-
-SAMPLE_NOTE = (
-    "72-year-old woman admitted with acute kidney injury after a two-week course of "
-    "ibuprofen and lisinopril for osteoarthritis pain. History of type 2 diabetes mellitus "
-    "on metformin and hypertension. Creatinine rose from 1.1 to 3.4 mg/dL. NSAIDs were "
-    "stopped, metformin was held, and she was started on intravenous saline. Cisplatin-induced "
-    "nephrotoxicity was excluded. Discharged on amlodipine; follow up for chronic kidney disease."
-)
+from demo.sources import SAMPLE_NOTE
 
 
 def _say(message: str) -> None:
     print(f"[demo] {message}", flush=True)
 
 
-def run_demo(state_dir: str | None, quick: bool = False) -> dict[str, Any]:
+def run_demo(state_dir: str | None, data: Path, quick: bool = False) -> dict[str, Any]:
     """Train, evaluate and annotate; sizes fit the 2-core box (quick: a smoke run)."""
     sizes = (300, 150, 150) if quick else (2000, 500, 1000)
     cfg = ApplianceConfig(
@@ -40,10 +31,10 @@ def run_demo(state_dir: str | None, quick: bool = False) -> dict[str, Any]:
         state_dir=state_dir or "",
     )
     started = time.perf_counter()
-    _say(f"reading BC5CDR from {DATA} (CC-BY 4.0, see data/bc5cdr/README.md)")
-    train = read_notes(str(DATA / "train.tsv")).notes[: sizes[0]]
-    dev = read_notes(str(DATA / "devel.tsv")).notes[: sizes[1]]
-    test = read_notes(str(DATA / "test.tsv")).notes[: sizes[2]]
+    _say(f"reading BC5CDR from {data} (CC-BY 4.0, see data/bc5cdr/README.md)")
+    train = read_notes(str(data / "train.tsv")).notes[: sizes[0]]
+    dev = read_notes(str(data / "devel.tsv")).notes[: sizes[1]]
+    test = read_notes(str(data / "test.tsv")).notes[: sizes[2]]
     _say("loading the embedded SmolLM2-135M (first run dequantizes the GGUF once, ~40 s)")
     loaded = load_model(cfg.model, cfg.train.labels, cfg.state_dir, cfg.train.layers)
     selection = LayerSelection.parse(cfg.train.layers, loaded.num_layers)

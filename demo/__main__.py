@@ -1,0 +1,7 @@
+"""`python -m demo` (from the repository root)."""
+
+import sys
+
+from demo.cli import main
+
+sys.exit(main())
