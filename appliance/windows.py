@@ -142,8 +142,9 @@ def token_ranges(
     """Per word, the index of the first and of the last token that overlaps it.
 
     `token_spans` are the character spans of the note's tokens in order (a tokenizer's offsets;
-    several byte-level tokens may share one character). Raises ValueError when a word has no
-    token or the offsets go backwards.
+    several byte-level tokens may share one character). A word no token covers (a tokenizer may
+    drop some control characters) gets ``first > last``. Raises ValueError when the offsets go
+    backwards.
     """
     starts = np.fromiter((s for s, _ in token_spans), dtype=np.int64, count=len(token_spans))
     ends = np.fromiter((e for _, e in token_spans), dtype=np.int64, count=len(token_spans))
@@ -153,9 +154,6 @@ def token_ranges(
     word_ends = np.fromiter((e for _, e in words), dtype=np.int64, count=len(words))
     first = np.searchsorted(ends, word_starts, side="right")  # first token ending past the start
     last = np.searchsorted(starts, word_ends, side="left") - 1  # last token starting before end
-    if np.any(first > last):
-        bad = int(np.argmax(first > last))
-        raise ValueError(f"word at characters {words[bad][0]}-{words[bad][1]} has no token")
     return first.tolist(), last.tolist()
 
 
@@ -165,11 +163,14 @@ def split_long_words(
     """`words`, with every word of more than `budget` tokens cut into pieces of at most `budget`.
 
     Cuts fall between tokens at character boundaries (never inside a character that several
-    byte-level tokens share), so a piece's characters are exactly its tokens' characters.
+    byte-level tokens share), so a piece's characters are exactly its tokens' characters. A word
+    that no token covers is left out: the model cannot read or label it.
     """
     first, last = token_ranges(words, token_spans)
     out: list[WordSpan] = []
     for (start, end), a, b in zip(words, first, last, strict=True):
+        if b < a:
+            continue  # no token: the model never reads it, like whitespace
         if b - a + 1 <= budget:
             out.append((start, end))
             continue

@@ -1,4 +1,4 @@
-"""Issue 5's experiments on BC5CDR, each writing a markdown table and PNG plots to results/.
+"""The experiments on BC5CDR, each writing a markdown table and PNG plots to results/.
 
     .venv/bin/python benchmarks/experiments.py a b c d e f [--train-notes N] [--rounds R]
 

@@ -55,7 +55,7 @@ def ratios(results: list[dict[str, Any]]) -> list[str]:
 
 
 def targets(results: list[dict[str, Any]], system: str) -> list[str]:
-    """The issue's targets for `system`: >= 2x the pipeline, within 0.5 F1, <= 0.4x RSS."""
+    """The serving targets for `system`: >= 2x the pipeline, within 0.5 F1, <= 0.4x RSS."""
     named = _by_name(results)
     if system not in named or BASELINE not in named or REFERENCE not in named:
         return []
@@ -104,7 +104,7 @@ def write_report(root: Path, context: dict[str, Any], results: list[dict[str, An
         "",
         *ratios(results),
         "",
-        "Targets of the serving issue:",
+        "Serving targets:",
         "",
         *targets(results, "onnx-int4"),
         *targets(results, "onnx-int8"),

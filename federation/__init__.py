@@ -1,1 +1,1 @@
-"""Federated nightly rounds over Flower (filled by the federation issue)."""
+"""Federated nightly rounds over Flower: apps, strategy, privacy, updates, the nightly daemon."""

@@ -1,1 +1,1 @@
-"""gRPC serving of clinical NER (filled by the serving issue)."""
+"""gRPC serving of clinical NER: the service, its engine and batcher, backends, metrics."""

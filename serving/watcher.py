@@ -39,6 +39,7 @@ class ModelWatcher:
     def _loop(self) -> None:
         while not self._stop.is_set():
             self.check_once()
+            self.engine.release_retired()
             self._stop.wait(self.interval_s)
 
     def check_once(self) -> bool:

@@ -10,6 +10,7 @@ import pytest
 from transformers import AutoTokenizer, PreTrainedTokenizerBase
 
 from appliance.encoding import encode_notes, special_frame
+from appliance.model import embedded_source, load_tokenizer
 from appliance.notes import EntitySpan, Note
 from appliance.windows import word_spans
 
@@ -75,3 +76,19 @@ def test_split_word_keeps_entity_offsets(tokenizer: PreTrainedTokenizerBase) -> 
 def test_a_long_run_is_one_word_for_spacy() -> None:
     text = "a" + "😀" * 300 + " b " + ")" * 10
     assert word_spans(Note("r", text))[:2] == ((0, 301), (302, 303))
+
+
+def test_characters_the_embedded_tokenizer_drops_are_no_words() -> None:
+    # Prepare: SmolLM2's tokenizer gives \x04 and \x13 no token at all
+    tokenizer = load_tokenizer(embedded_source())
+    text = "fever \x04 after aspirin \x13"
+    offsets = tokenizer(text, return_offsets_mapping=True)["offset_mapping"]
+    covered = {c for s, e in offsets for c in range(s, e)}
+    assert text.index("\x04") not in covered and text.index("\x13") not in covered
+
+    # Execute
+    windows = encode_notes(tokenizer, [Note("c", text)], None, 32, 4)
+
+    # Assert
+    words = [text[s:e] for w in windows for s, e in (w.window.words[j] for j in w.core_words)]
+    assert words == ["fever", "after", "aspirin"]

@@ -273,3 +273,16 @@ def test_unique_words_do_not_grow_the_pipeline_without_bound() -> None:
     # Assert: the vocab is replaced before it holds two thresholds' worth of new words
     assert max(strings) < 2 * REBUILD_CHARS // 17 + 5_000
     assert min(strings[len(strings) // 2 :]) < max(strings)  # it was rebuilt on the way
+
+
+def test_a_word_without_tokens_is_left_out() -> None:
+    # Prepare: a tokenizer that drops the control character, as some byte-level ones do
+    note = Note("c", "fever \x04 aspirin")
+    tokens = [(0, 5), (5, 6), (7, 8), (8, 15)]  # "fever", " ", " ", "aspirin": none for \x04
+
+    # Execute
+    windows = make_windows(note, tokens, 8, 1)
+
+    # Assert
+    words = [w.words[j] for w in windows for j in words_in_core(w)]
+    assert words == [(0, 5), (8, 15)]
