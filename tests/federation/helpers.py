@@ -7,6 +7,7 @@ from pathlib import Path
 from appliance.notes import Note
 from appliance.readers import read_jsonl
 from federation.config import FederationConfig
+from federation.daemon_config import DaemonConfig
 from tests.appliance.corpus import write_jsonl
 
 
@@ -31,3 +32,19 @@ def tiny_config(base: Path, **overrides: object) -> FederationConfig:
     )
     values.update(overrides)
     return FederationConfig(**values)  # type: ignore[arg-type]
+
+
+def daemon_config(tmp_path: Path, **overrides: object) -> DaemonConfig:
+    """A plaintext daemon config for hospital-a with everything under `tmp_path`."""
+    values: dict[str, object] = dict(
+        hospital="hospital-a",
+        superlink="127.0.0.1:9092",
+        notes=tmp_path / "notes.jsonl",
+        heldout=tmp_path / "heldout.jsonl",
+        state_dir=tmp_path / "state",
+        registry=tmp_path / "registry",
+        insecure=True,
+        restart_backoff_s=0.0,
+    )
+    values.update(overrides)
+    return DaemonConfig(**values)  # type: ignore[arg-type]

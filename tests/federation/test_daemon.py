@@ -13,8 +13,9 @@ import pytest
 
 from appliance.registry import ModelRegistry
 from federation.daemon import NightlyDaemon
-from federation.daemon_config import DaemonConfig, TimeWindow, load_daemon_config
+from federation.daemon_config import TimeWindow, load_daemon_config
 from federation.journal import RoundJournal
+from tests.federation.helpers import daemon_config
 
 SLEEPER = (sys.executable, "-c", "import time; time.sleep(120)")
 CRASHER = (sys.executable, "-c", "raise SystemExit(3)")
@@ -22,21 +23,6 @@ CRASHER = (sys.executable, "-c", "raise SystemExit(3)")
 
 def _at(hour: int, minute: int = 0) -> dt.datetime:
     return dt.datetime(2026, 11, 22, hour, minute)
-
-
-def _config(tmp_path: Path, **kw) -> DaemonConfig:
-    values = dict(
-        hospital="hospital-a",
-        superlink="127.0.0.1:9092",
-        notes=tmp_path / "notes.jsonl",
-        heldout=tmp_path / "heldout.jsonl",
-        state_dir=tmp_path / "state",
-        registry=tmp_path / "registry",
-        insecure=True,
-        restart_backoff_s=0.0,
-    )
-    values.update(kw)
-    return DaemonConfig(**values)
 
 
 @pytest.mark.parametrize(
@@ -61,11 +47,11 @@ def test_bad_windows_and_configs_are_refused(tmp_path: Path):
     with pytest.raises(ValueError, match="empty"):
         TimeWindow.parse("02:00-02:00")
     with pytest.raises(ValueError, match="only allowed to a loopback"):
-        _config(tmp_path, superlink="10.0.0.5:9092")
+        daemon_config(tmp_path, superlink="10.0.0.5:9092")
     with pytest.raises(ValueError, match="root_certificates is required"):
-        _config(tmp_path, insecure=False)
+        daemon_config(tmp_path, insecure=False)
     with pytest.raises(ValueError, match="may not override"):
-        _config(tmp_path, node_config={"notes": "/elsewhere"})
+        daemon_config(tmp_path, node_config={"notes": "/elsewhere"})
 
 
 def test_config_file_errors_name_the_file_and_key(tmp_path: Path):
@@ -79,8 +65,8 @@ def test_config_file_errors_name_the_file_and_key(tmp_path: Path):
         load_daemon_config(path)
 
 
-def test_supernode_command_carries_tls_auth_and_node_config(tmp_path: Path):
-    cfg = _config(
+def test_supernode_command_carries_tls_auth_and_nodedaemon_config(tmp_path: Path):
+    cfg = daemon_config(
         tmp_path,
         insecure=False,
         superlink="link.consortium.example:9092",
@@ -98,7 +84,8 @@ def test_supernode_command_carries_tls_auth_and_node_config(tmp_path: Path):
 
 def test_child_runs_only_inside_the_window(tmp_path: Path):
     now = {"t": _at(12)}
-    daemon = NightlyDaemon(_config(tmp_path, supernode_command=SLEEPER), clock=lambda: now["t"])
+    cfg = daemon_config(tmp_path, supernode_command=SLEEPER)
+    daemon = NightlyDaemon(cfg, clock=lambda: now["t"])
     daemon.tick()
     assert daemon.child is None
     now["t"] = _at(2)
@@ -112,7 +99,7 @@ def test_child_runs_only_inside_the_window(tmp_path: Path):
 
 
 def test_a_crashed_child_is_restarted(tmp_path: Path):
-    daemon = NightlyDaemon(_config(tmp_path, supernode_command=CRASHER), clock=lambda: _at(2))
+    daemon = NightlyDaemon(daemon_config(tmp_path, supernode_command=CRASHER), clock=lambda: _at(2))
     daemon.tick()
     first = daemon.child
     assert first is not None
@@ -127,7 +114,7 @@ def test_a_crashed_child_is_restarted(tmp_path: Path):
 
 def test_run_stops_the_child_on_request(tmp_path: Path):
     daemon = NightlyDaemon(
-        _config(tmp_path, supernode_command=SLEEPER, poll_s=0.05), clock=lambda: _at(2)
+        daemon_config(tmp_path, supernode_command=SLEEPER, poll_s=0.05), clock=lambda: _at(2)
     )
     import threading
 
@@ -145,7 +132,7 @@ def test_run_stops_the_child_on_request(tmp_path: Path):
 
 def test_a_node_whose_ledger_was_lost_refuses_to_start(tmp_path: Path):
     # Prepare: a journal with a round that spent privacy budget, and no ledger
-    cfg = _config(tmp_path, supernode_command=SLEEPER)
+    cfg = daemon_config(tmp_path, supernode_command=SLEEPER)
     RoundJournal(cfg.journal).record(
         "round_completed", node="hospital-a", server_round=3, eps_spent=1.2, eps_remaining=6.8
     )
@@ -160,7 +147,7 @@ def test_a_node_whose_ledger_was_lost_refuses_to_start(tmp_path: Path):
 
 def test_dp_versions_in_the_registry_count_as_past_spend(tiny_package: Path, tmp_path: Path):
     # Prepare: a federated DP model in the registry, no journal, no ledger
-    cfg = _config(tmp_path, supernode_command=SLEEPER)
+    cfg = daemon_config(tmp_path, supernode_command=SLEEPER)
     package = tmp_path / "package"
     shutil.copytree(tiny_package, package)
     meta = json.loads((package / "package.json").read_text())
@@ -175,7 +162,7 @@ def test_dp_versions_in_the_registry_count_as_past_spend(tiny_package: Path, tmp
 
 def test_rounds_without_dp_need_no_ledger(tiny_package: Path, tmp_path: Path):
     # Prepare: plain rounds in the journal and a plain model in the registry, no ledger
-    cfg = _config(tmp_path, supernode_command=SLEEPER)
+    cfg = daemon_config(tmp_path, supernode_command=SLEEPER)
     RoundJournal(cfg.journal).record("round_completed", node="hospital-a", server_round=1)
     ModelRegistry(cfg.registry).publish(tiny_package, "round-1")
 

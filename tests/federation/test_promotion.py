@@ -14,12 +14,12 @@ import pytest
 from appliance.readers import read_jsonl
 from appliance.registry import ModelRegistry
 from federation.daemon import NightlyDaemon
-from federation.daemon_config import DaemonConfig
 from federation.exporter import DaemonMetrics
 from federation.journal import RoundJournal, read_journal
 from federation.promotion import heldout_f1, promote_if_not_worse
 from tests.appliance.corpus import write_jsonl
 from tests.conftest import train_tiny_package
+from tests.federation.helpers import daemon_config
 
 
 @pytest.fixture(scope="module")
@@ -101,17 +101,7 @@ def test_the_daemon_prunes_after_a_promotion_and_reports_the_disk(
     # Prepare: three promoted versions and serving's export of the first; the journal only says
     # that a candidate was kept out
     exports = tmp_path / "serving" / "exports"
-    cfg = DaemonConfig(
-        hospital="hospital-a",
-        superlink="127.0.0.1:9092",
-        notes=tmp_path / "notes.jsonl",
-        heldout=tmp_path / "heldout.jsonl",
-        state_dir=tmp_path / "state",
-        registry=tmp_path / "registry",
-        insecure=True,
-        keep_versions=1,
-        serving_exports=exports,
-    )
+    cfg = daemon_config(tmp_path, keep_versions=1, serving_exports=exports)
     registry, journal = ModelRegistry(cfg.registry), RoundJournal(cfg.journal)
     old = []
     for label in ("seed", "n1", "n2"):
