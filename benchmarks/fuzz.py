@@ -42,6 +42,7 @@ from benchmarks.fuzz_oracle import Fuzzer, Verdict, health_problems, run_case  #
 from benchmarks.fuzz_report import write_report  # noqa: E402
 from benchmarks.fuzz_strategies import generated_cases  # noqa: E402
 from benchmarks.serving import CLI, ensure_package, machine  # noqa: E402
+from benchmarks.soak_server import serving_env  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results"
 BACKEND = "onnx-int8"
@@ -96,7 +97,8 @@ def serve(package: Path, state_dir: Path) -> Iterator[Server]:
         "port = 0\nmetrics_port = 0\n"
     )
     argv = [CLI, "serve", "--config", str(config)]
-    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, text=True, cwd=ROOT)
+    env = {**os.environ, **serving_env()}  # as the serving unit runs it
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, text=True, cwd=ROOT, env=env)
     try:
         assert proc.stdout is not None
         grpc_line, metrics_line = proc.stdout.readline(), proc.stdout.readline()

@@ -6,6 +6,7 @@ from __future__ import annotations
 import base64
 import random
 import re
+import unicodedata
 from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import lru_cache
@@ -91,7 +92,15 @@ def predict(req: ner_pb2.AnalyzeRequest, limits: Limits) -> Expect:
     tokens = () if fits else (_numbers(limits.max_request_tokens) + ".*max_request_tokens",)
     if refusals:
         return Expect(frozenset({INVALID}), (*refusals, *tokens))
+    if maybe_unreadable(req.text):  # the tokenizer may give it no word at all
+        return Expect(frozenset({OK, INVALID}), ("no word the model can read", *tokens))
     return Expect(frozenset({OK} if fits else {OK, INVALID}), tokens)
+
+
+def maybe_unreadable(text: str) -> bool:
+    """Only whitespace, control and format characters: a note the model may have no word of
+    (SmolLM2's tokenizer drops some control characters), refused as INVALID_ARGUMENT."""
+    return all(ch.isspace() or unicodedata.category(ch) in ("Cc", "Cf") for ch in text)
 
 
 def predict_batch(reqs: Sequence[ner_pb2.AnalyzeRequest], limits: Limits) -> Expect:

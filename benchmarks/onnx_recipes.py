@@ -144,7 +144,7 @@ def measure(args: argparse.Namespace) -> tuple[Rows, int, Windowing, str]:
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
-        _export_fp32(package, args.state_dir, None, work, RECIPES["onnx-int4"]["opset"])
+        _export_fp32(package, args.state_dir, None, work, work, RECIPES["onnx-int4"]["opset"])
         from transformers import PreTrainedTokenizerFast
 
         tok = PreTrainedTokenizerFast.from_pretrained(str(work / "tokenizer"))

@@ -46,7 +46,7 @@ from benchmarks.soak_models import (  # noqa: E402
     versions,
 )
 from benchmarks.soak_report import machine, write_report  # noqa: E402
-from benchmarks.soak_server import Sampler, Supervisor, cpu_seconds  # noqa: E402
+from benchmarks.soak_server import Sampler, Supervisor, cpu_seconds, serving_env  # noqa: E402
 from serving.client import NerClient  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results"
@@ -166,6 +166,13 @@ def nightly_run(args: argparse.Namespace, spec: LoadSpec, supervisor: Supervisor
     return phase
 
 
+def rest(seconds: float) -> tuple[float, float]:
+    """No load for `seconds` (the server answers nothing and releases memory); when."""
+    started = time.monotonic()
+    time.sleep(seconds)
+    return started, time.monotonic()
+
+
 def run(args: argparse.Namespace) -> SoakRecord:
     started = time.monotonic()
     all_versions, package_command = versions(args.state_dir, len(args.swap_at))
@@ -181,9 +188,14 @@ def run(args: argparse.Namespace) -> SoakRecord:
     spec = LoadSpec(server.target, clinical, hostile, args.hostile_share, server.limits, first)
     faults = Faults(server.registry, all_versions[1:], spec)
     compare: dict[str, Phase] = {}
+    rests: dict[str, tuple[float, float]] = {}
     try:
+        if args.warmup_minutes > 0:
+            load_phase(spec, args.clients, args.warmup_minutes)
+            rests["after warm-up"] = rest(args.rest_s)
         events = soak_events(args, faults, server.supervisor)
         soak = load_phase(spec, args.clients, args.minutes, events)
+        rests["after the soak"] = rest(args.rest_s)
         if args.compare_minutes > 0:
             compare["idle"] = load_phase(spec, args.clients, args.compare_minutes)
             compare["nightly"] = nightly_run(args, spec, server.supervisor)
@@ -193,7 +205,7 @@ def run(args: argparse.Namespace) -> SoakRecord:
     return SoakRecord(
         args, package_command, server.command, prepare_s, exports, clinical, hostile,
         server.limits, soak, faults.promotions, faults.kills, server.supervisor.lives,
-        server.sampler.samples, compare,
+        server.sampler.samples, compare, rests, serving_env(),
     )  # fmt: skip
 
 
@@ -206,6 +218,12 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--kill-at", type=float, default=0.4, help="share of the soak")
     parser.add_argument("--no-kill", dest="kill_at", action="store_const", const=None)
     parser.add_argument("--rss-warmup-s", type=float, default=60.0, help="RSS baseline after")
+    parser.add_argument(
+        "--warmup-minutes", type=float, default=1.0, help="load before the soak (0: none)"
+    )
+    parser.add_argument(
+        "--rest-s", type=float, default=20.0, help="no load after warm-up and soak: RSS at rest"
+    )
     parser.add_argument("--compare-minutes", type=float, default=2.0, help="0: skip")
     parser.add_argument("--train-warmup-s", type=float, default=45.0)
     parser.add_argument("--note-tokens", type=int, nargs="+", default=list(NOTE_TOKENS))

@@ -53,6 +53,8 @@ class SoakRecord:
     lives: list[Life]
     samples: list[Sample]
     compare: dict[str, Phase] = field(default_factory=dict)
+    rests: dict[str, tuple[float, float]] = field(default_factory=dict)  # no load: (from, to)
+    serving_env: dict[str, str] = field(default_factory=dict)  # what the server ran with
     command: str = ""
     machine: str = ""
     date: str = ""
@@ -265,6 +267,17 @@ def rss_rows(
             }
         )
     return rows
+
+
+def rest_rss(samples: Sequence[Sample], window: tuple[float, float]) -> tuple[int, float] | None:
+    """(pid, median RSS MB) over the second half of a window without load, once the server has
+    released what the last requests used; None without samples there."""
+    start, end = window
+    late = [s for s in samples if (start + end) / 2 <= s.at <= end]
+    if not late:
+        return None
+    sizes = sorted(s.rss_mb for s in late)
+    return late[-1].pid, sizes[len(sizes) // 2]
 
 
 def swap_rss(

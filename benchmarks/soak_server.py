@@ -5,6 +5,7 @@ systemd's Restart=always / RestartSec=1, and a sampler of its RSS and metrics ev
 from __future__ import annotations
 
 import os
+import platform
 import signal
 import subprocess
 import threading
@@ -22,6 +23,19 @@ WATCHED = (
     "appliance_ner_queue_tokens",
 )
 MODEL_INFO = "appliance_ner_model_info"  # its `version` label: the version being served
+ALLOCATORS = ROOT / "ansible" / "roles" / "hospital_node" / "vars" / "main.yml"
+JEMALLOC = Path(f"/usr/lib/{platform.machine()}-linux-gnu/libjemalloc.so.2")
+
+
+def serving_env() -> dict[str, str]:
+    """The serving unit's environment as the Ansible role renders it on this machine: jemalloc
+    preloaded where it is installed (the role's default), else glibc with two arenas."""
+    import yaml
+
+    allocators = yaml.safe_load(ALLOCATORS.read_text())["_hospital_node_allocator_env"]
+    if JEMALLOC.is_file():
+        return {"HF_HUB_OFFLINE": "1", **allocators["jemalloc"], "LD_PRELOAD": str(JEMALLOC)}
+    return {"HF_HUB_OFFLINE": "1", **allocators["glibc"]}
 
 
 @dataclass
@@ -52,8 +66,7 @@ class Supervisor:
         self._started.wait()
 
     def _loop(self) -> None:
-        # The serving unit's environment (ansible/roles/hospital_node/vars/main.yml).
-        env = {**os.environ, "HF_HUB_OFFLINE": "1", "MALLOC_ARENA_MAX": "2"}
+        env = {**os.environ, **serving_env()}
         with self.log.open("ab") as log:
             while not self._stopping.is_set():
                 proc = subprocess.Popen(self.argv, stdout=log, stderr=log, cwd=ROOT, env=env)

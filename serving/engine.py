@@ -216,7 +216,8 @@ class Engine:
     def _admit(
         self, reqs: Sequence[NoteRequest], windows: Sequence[EncodedWindow]
     ) -> tuple[list[EncodedWindow], dict[int, RequestError]]:
-        """The windows of the notes within `max_request_tokens`; an error for each note over it.
+        """The windows of the notes within `max_request_tokens`; an error for each note over it
+        and for each note with no word the model reads.
 
         Raises RESOURCE_EXHAUSTED when the admitted notes together exceed the limit.
         """
@@ -226,12 +227,18 @@ class Engine:
             tokens[w.note_index] += len(w)
         refused: dict[int, RequestError] = {}
         for i, (req, count) in enumerate(zip(reqs, tokens, strict=True)):
+            where = f"note {req.note_id!r}" if req.note_id else "note"
             if count > limit:
-                where = f"note {req.note_id!r}" if req.note_id else "note"
                 refused[i] = RequestError(
                     grpc.StatusCode.INVALID_ARGUMENT,
                     f"{where}: {count} model tokens; the limit is {limit} (max_request_tokens); "
                     "split the note",
+                )
+            elif count == 0:  # e.g. only control characters the tokenizer drops
+                refused[i] = RequestError(
+                    grpc.StatusCode.INVALID_ARGUMENT,
+                    f"{where}: no word the model can read (only whitespace, control or format "
+                    "characters)",
                 )
         total = sum(count for i, count in enumerate(tokens) if i not in refused)
         if total > limit:

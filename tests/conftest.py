@@ -58,6 +58,24 @@ def make_tiny_llama(path: Path, seed: int = 0, layers: int = 4) -> Path:
     return path
 
 
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption(
+        "--scale",
+        action="store_true",
+        help="also run the tests marked `scale`: the real paths on the LLaMA 3.2-1B shape "
+        "(a 2.5 GB checkpoint in the state dir, minutes, up to ~14 GB of memory)",
+    )
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    if config.getoption("--scale"):
+        return
+    skip = pytest.mark.skip(reason="runs on the LLaMA 3.2-1B shape: opt in with --scale")
+    for item in items:
+        if "scale" in item.keywords:
+            item.add_marker(skip)
+
+
 @pytest.fixture(scope="session")
 def tiny_llama(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return make_tiny_llama(tmp_path_factory.mktemp("tiny-llama"), seed=0)

@@ -144,9 +144,10 @@ def _run_export(argv: list[str], target: Path, timeout_s: float) -> tuple[int, s
 
 
 def _export_fp32(
-    package_path: Path, state_dir: Path, base: str | None, out: Path, opset: int
+    package_path: Path, state_dir: Path, base: str | None, out: Path, work: Path, opset: int
 ) -> dict:
-    """Trace the packaged model (windows -> log-probs over the tags) to fp32 ONNX."""
+    """Trace the packaged model (windows -> log-probs over the tags) to fp32 ONNX in `work`
+    (over 2 GB, torch writes one file per tensor beside it); the tokenizer goes to `out`."""
     import torch
 
     from appliance.forward import full_logits
@@ -173,7 +174,7 @@ def _export_fp32(
         torch.onnx.export(
             module,
             (ids, mask),
-            str(out / "model.fp32.onnx"),
+            str(work / "model.fp32.onnx"),
             dynamo=False,
             input_names=["input_ids", "attention_mask"],
             output_names=["log_probs"],
@@ -183,27 +184,25 @@ def _export_fp32(
     return {"labels": list(loaded.labels), "pad_id": int(loaded.tokenizer.pad_token_id)}
 
 
-def _quantize(out: Path, recipe: dict[str, Any]) -> None:
-    """fp32 ONNX -> the recipe's weights (head kept fp32), then ONNX Runtime's fusions, offline."""
+def _quantize(work: Path, out: Path, recipe: dict[str, Any]) -> None:
+    """fp32 ONNX in `work` -> the recipe's weights (head kept fp32), ONNX Runtime's fusions run
+    once offline, the result written to `out`; then `work` and every file in it is removed."""
     import onnx
     import onnxruntime as ort
 
-    source = out / "model.fp32.onnx"
+    source = work / "model.fp32.onnx"
     names = [n.name for n in onnx.load(str(source), load_external_data=False).graph.node]
     head = [name for name in names if "/score/" in name]
     if recipe["matmul"] == "int8-dynamic":
         int4 = [n for n in names if any(f"/{part}/" in n for part in recipe["int4_matmuls"])]
-        _dynamic_int8(source, out / "model.int8.onnx", head + int4)
-        source = out / "model.int8.onnx"
-    _nbits(source, out / "model.q.onnx", ("MatMul", "Gather"), head, recipe)
+        _dynamic_int8(source, work / "model.int8.onnx", head + int4)
+        source = work / "model.int8.onnx"
+    _nbits(source, work / "model.q.onnx", ("MatMul", "Gather"), head, recipe)
     options = ort.SessionOptions()
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED
     options.optimized_model_filepath = str(out / MODEL_FILE)
-    ort.InferenceSession(str(out / "model.q.onnx"), options, providers=["CPUExecutionProvider"])
-    for name in ("model.fp32.onnx", "model.int8.onnx", "model.q.onnx"):
-        (out / name).unlink(missing_ok=True)
-    for extra in out.glob("*.data"):
-        extra.unlink()
+    ort.InferenceSession(str(work / "model.q.onnx"), options, providers=["CPUExecutionProvider"])
+    shutil.rmtree(work)
 
 
 def _dynamic_int8(source: Path, target: Path, exclude: list[str]) -> None:
@@ -218,6 +217,7 @@ def _dynamic_int8(source: Path, target: Path, exclude: list[str]) -> None:
         op_types_to_quantize=["MatMul"],
         nodes_to_exclude=exclude,
         extra_options={"MatMulConstBOnly": True},
+        use_external_data_format=True,  # over 2 GB at the 1B size (fp32 embedding, down_proj)
     )
 
 
@@ -256,8 +256,10 @@ def export(
     try:
         tmp.mkdir(parents=True)
         recipe = RECIPES[backend]
-        info = _export_fp32(package_path, state_dir, base, tmp, recipe["opset"])
-        _quantize(tmp, recipe)
+        work = tmp / "work"
+        work.mkdir()
+        info = _export_fp32(package_path, state_dir, base, tmp, work, recipe["opset"])
+        _quantize(work, tmp, recipe)
         info.update(
             backend=backend,
             recipe=recipe,

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import platform
 import re
 import shlex
 import shutil
@@ -160,6 +161,7 @@ def _inventory(work: Path, a: dict[str, Path], ports: dict[str, int]) -> Path:
         "hospital_node_federation_metrics_port": ports["federation_metrics"],
         "hospital_node_supernode_port": ports["supernode"],
         **{f"hospital_node_{k}": v for k, v in BUDGETS["hospital_node"].items()},
+        **_allocator(),
     }
     inventory = {
         "consortium": {"hosts": {"consortium-local": {**common, **consortium}}},
@@ -168,6 +170,18 @@ def _inventory(work: Path, a: dict[str, Path], ports: dict[str, int]) -> Path:
     path = work / "inventory.yml"
     path.write_text(json.dumps(inventory, indent=2), encoding="utf-8")
     return path
+
+
+def _jemalloc() -> Path:
+    return Path(f"/usr/lib/{platform.machine()}-linux-gnu/libjemalloc.so.2")
+
+
+def _allocator() -> dict[str, str]:
+    """Serving's allocator: jemalloc where the machine has it (.ci/setup installs it), left
+    unmanaged so the run installs no system package; glibc otherwise."""
+    if _jemalloc().is_file():
+        return {"hospital_node_jemalloc_package": ""}
+    return {"hospital_node_serving_allocator": "glibc"}
 
 
 def _playbook(inventory: Path, extra: dict[str, str] | None = None) -> str:
@@ -329,6 +343,20 @@ def test_rendered_units_carry_the_configured_budgets(deployed: Deployed) -> None
         swap = ["MemorySwapMax=0"] if unit == "appliance-serving.service" else []
         expected = [f"MemoryHigh={high}", f"MemoryMax={most}", *swap, f"CPUWeight={weight}"]
         assert settings == expected, unit
+
+
+def test_serving_runs_on_the_configured_allocator(deployed: Deployed) -> None:
+    work, _, _, _ = deployed
+    unit = (work / "root/etc/systemd/system/appliance-serving.service").read_text()
+    pid = _pids(work / "root")["appliance-serving"]
+    mapped = Path(f"/proc/{pid}/maps").read_text()
+    if _jemalloc().is_file():
+        assert f"Environment=LD_PRELOAD={_jemalloc()}" in unit
+        assert "Environment=MALLOC_CONF=background_thread:true," in unit
+        assert str(_jemalloc()) in mapped  # the running process really uses it
+    else:
+        assert "Environment=MALLOC_ARENA_MAX=2" in unit and "LD_PRELOAD" not in unit
+        assert "libjemalloc" not in mapped
 
 
 def test_second_run_changes_nothing(deployed: Deployed) -> None:

@@ -27,7 +27,7 @@ from appliance.notes import Note
 from appliance.readers import read_jsonl
 from serving.backends import load_backend
 from serving.backends.base import Backend, BackendError, BackendOptions
-from serving.backends.onnx_export import INFO_FILE, MODEL_FILE
+from serving.backends.onnx_export import INFO_FILE, MODEL_FILE, TOKENIZER_DIR
 from serving.client import NerClient
 from tests.appliance.corpus import write_jsonl
 
@@ -90,6 +90,18 @@ def test_quantized_backend_matches_fp32(
     assert backend.quantization in ("int4", "int8", "nf4")
 
 
+def test_onnx_int8_answer_does_not_depend_on_the_batch(
+    tiny_package: Path, state_dir: Path, fixed_notes: list[Note]
+) -> None:
+    """int8 activations are quantized with one scale per run: each window must run alone."""
+    backend = load_backend("onnx-int8", tiny_package, BackendOptions(state_dir))
+    windows = encode_notes(backend.tokenizer, fixed_notes[:12], None, 256, 32)
+    assert len(windows) > 4
+    together = backend.log_probs(windows)
+    for window, batched in zip(windows, together, strict=True):
+        assert np.array_equal(backend.log_probs([window])[0], batched)
+
+
 @pytest.mark.parametrize(
     ("name", "expected"),
     [
@@ -110,6 +122,8 @@ def test_onnx_export_recipe_and_cache(
     int8 = ops.count("MatMulIntegerToFloat") + ops.count("DynamicQuantizeMatMul")
     assert int8 == expected["int8"] * layers
     assert ops.count("GatherBlockQuantized") == 1  # the token embedding is 4-bit too
+    # the served files and nothing else: no fp32 or intermediate model, no tensor files
+    assert sorted(p.name for p in export_dir.iterdir()) == [INFO_FILE, MODEL_FILE, TOKENIZER_DIR]
     info_mtime = (export_dir / INFO_FILE).stat().st_mtime_ns
     again = load_backend(name, tiny_package, BackendOptions(state_dir))
     assert again.export_dir == export_dir  # type: ignore[attr-defined]

@@ -5,9 +5,19 @@ from __future__ import annotations
 import json
 import shutil
 import weakref
+from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
-from serving.engine import Engine, load_served_model
+import grpc
+import numpy as np
+from transformers import PreTrainedTokenizerBase
+
+from appliance.encoding import EncodedWindow
+from appliance.model import embedded_source, load_tokenizer
+from serving.backends.base import Backend
+from serving.engine import Engine, NoteRequest, RequestError, load_served_model
 from serving.metrics import ServingMetrics
 from tests.serving.servers import config_for
 
@@ -48,5 +58,51 @@ def test_a_swapped_out_model_is_released_once_no_request_holds_it(
         # Assert
         assert (held, released) == (False, True)
         assert old() is None and not engine.release_retired()
+    finally:
+        engine.batcher.stop()
+
+
+class _EmbeddedTokens(Backend):
+    """The tiny package's labels and metadata with the embedded model's tokenizer, which drops
+    some control characters entirely; it must never run (a note without words never does)."""
+
+    def __init__(self, tiny: Backend) -> None:
+        super().__init__(tiny.package_path, tiny.options)
+        self._tiny = tiny
+        self._tokenizer = load_tokenizer(embedded_source())
+
+    @property
+    def tokenizer(self) -> PreTrainedTokenizerBase:
+        return self._tokenizer
+
+    @property
+    def labels(self) -> tuple[str, ...]:
+        return self._tiny.labels
+
+    @property
+    def meta(self) -> dict[str, Any]:
+        return self._tiny.meta
+
+    def log_probs(self, windows: Sequence[EncodedWindow]) -> list[np.ndarray]:
+        raise AssertionError("a note without words reached the model")
+
+
+def test_a_note_with_no_word_the_model_reads_is_invalid_argument(
+    tiny_package: Path, tmp_path: Path
+):
+    # Prepare: SmolLM2's tokenizer gives \x04 and \x14 no token, so the note has no word
+    config = config_for(tiny_package, state_dir=tmp_path)
+    engine = Engine(config, ServingMetrics())
+    tiny = load_served_model(config, tiny_package, "v1")
+    engine.install(replace(tiny, backend=_EmbeddedTokens(tiny.backend)))
+    note = NoteRequest("n1", "\x14\x04 \x14", 0, (), False)
+    try:
+        # Execute
+        (answer,) = engine.analyze([note], None)
+
+        # Assert
+        assert isinstance(answer, RequestError)
+        assert answer.code == grpc.StatusCode.INVALID_ARGUMENT
+        assert "note 'n1': no word the model can read" in answer.message
     finally:
         engine.batcher.stop()
