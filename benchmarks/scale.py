@@ -11,7 +11,8 @@ ru_maxrss of the process and what it waited for). Per model: loading the base in
 RSS, bytes on disk, the export folder's files); serving it per backend (note tokens/s at
 concurrency 1 and 8, peak RSS); the bytes one exchange of the federation carries per mode and
 compression. Then the one-box memory plan: serving's peak beside the largest nightly step's.
-Writes benchmarks/results/scale.md (and scale.json beside it; --out elsewhere).
+Writes benchmarks/results/scale.md (and scale.json beside it; --out elsewhere; --from-record
+rewrites the report from a scale.json without running anything).
 """
 
 from __future__ import annotations
@@ -188,7 +189,11 @@ def main() -> None:
     parser.add_argument("--models", nargs="+", default=["embedded", "llama-1b-shape"])
     parser.add_argument("--state-dir", type=Path, default=Path.home() / ".cache" / "appliance")
     parser.add_argument("--out", type=Path, default=RESULTS / "scale.md", help="with .json beside")
+    parser.add_argument("--from-record", type=Path, help="only rewrite --out from a scale.json")
     args = parser.parse_args()
+    if args.from_record:
+        write_report(args.out, json.loads(args.from_record.read_text(encoding="utf-8")))
+        return
     bases = {"embedded": "embedded", "llama-1b-shape": str(make_llama_1b_shape(args.state_dir))}
     started = time.monotonic()
     models = {name: one_model(name, bases[name], args) for name in args.models}
