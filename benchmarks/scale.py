@@ -23,6 +23,7 @@ import os
 import shlex
 import subprocess
 import sys
+import threading
 import time
 from dataclasses import dataclass
 from datetime import datetime
@@ -61,7 +62,8 @@ def measured(argv: list[str], timeout_s: float) -> Measured:
     with open(os.devnull, "wb") as sink:
         proc = subprocess.Popen(argv, cwd=ROOT, stdout=sink, stderr=subprocess.PIPE)
         assert proc.stderr is not None
-        timer = _Killer(proc, timeout_s)
+        timer = threading.Timer(timeout_s, proc.kill)
+        timer.start()
         err = proc.stderr.read().decode(errors="replace")
         _, status, usage = os.wait4(proc.pid, 0)
         timer.cancel()
@@ -71,17 +73,6 @@ def measured(argv: list[str], timeout_s: float) -> Measured:
     return Measured(
         command, proc.returncode, time.monotonic() - started, usage.ru_maxrss / 1024, tail
     )
-
-
-class _Killer:
-    def __init__(self, proc: subprocess.Popen[bytes], timeout_s: float) -> None:
-        import threading
-
-        self._timer = threading.Timer(timeout_s, proc.kill)
-        self._timer.start()
-
-    def cancel(self) -> None:
-        self._timer.cancel()
 
 
 def load_step(base: str, state_dir: Path) -> Measured:

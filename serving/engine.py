@@ -116,6 +116,11 @@ class NoteRequest:
     categories: tuple[str, ...]
     include_text: bool
 
+    @property
+    def where(self) -> str:
+        """How an error message names this note."""
+        return f"note {self.note_id!r}" if self.note_id else "note"
+
     @classmethod
     def from_proto(cls, req: ner_pb2.AnalyzeRequest) -> NoteRequest:
         return cls(req.note_id, req.text, req.offset_unit, tuple(req.categories), req.include_text)
@@ -161,7 +166,7 @@ class Engine:
 
     def check(self, req: NoteRequest, model: ServedModel) -> None:
         """Raise INVALID_ARGUMENT saying what is wrong with `req` and which limit it broke."""
-        where = f"note {req.note_id!r}" if req.note_id else "note"
+        where = req.where
         if not req.text.strip():
             raise RequestError(grpc.StatusCode.INVALID_ARGUMENT, f"{where}: text is empty")
         if len(req.text) > self.config.max_note_chars:
@@ -227,7 +232,7 @@ class Engine:
             tokens[w.note_index] += len(w)
         refused: dict[int, RequestError] = {}
         for i, (req, count) in enumerate(zip(reqs, tokens, strict=True)):
-            where = f"note {req.note_id!r}" if req.note_id else "note"
+            where = req.where
             if count > limit:
                 refused[i] = RequestError(
                     grpc.StatusCode.INVALID_ARGUMENT,

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import os
-import platform
 import re
 import shlex
 import shutil
@@ -26,6 +25,7 @@ from typing import Any
 
 import pytest
 
+from benchmarks.soak_server import JEMALLOC  # where the role finds jemalloc on Debian
 from federation.deploy import free_port, make_certificates
 from tests.conftest import make_tiny_llama
 from tests.deploy.tools import ANSIBLE, ROOT, require_root, tool
@@ -172,14 +172,10 @@ def _inventory(work: Path, a: dict[str, Path], ports: dict[str, int]) -> Path:
     return path
 
 
-def _jemalloc() -> Path:
-    return Path(f"/usr/lib/{platform.machine()}-linux-gnu/libjemalloc.so.2")
-
-
 def _allocator() -> dict[str, str]:
     """Serving's allocator: jemalloc where the machine has it (.ci/setup installs it), left
     unmanaged so the run installs no system package; glibc otherwise."""
-    if _jemalloc().is_file():
+    if JEMALLOC.is_file():
         return {"hospital_node_jemalloc_package": ""}
     return {"hospital_node_serving_allocator": "glibc"}
 
@@ -350,10 +346,10 @@ def test_serving_runs_on_the_configured_allocator(deployed: Deployed) -> None:
     unit = (work / "root/etc/systemd/system/appliance-serving.service").read_text()
     pid = _pids(work / "root")["appliance-serving"]
     mapped = Path(f"/proc/{pid}/maps").read_text()
-    if _jemalloc().is_file():
-        assert f"Environment=LD_PRELOAD={_jemalloc()}" in unit
+    if JEMALLOC.is_file():
+        assert f"Environment=LD_PRELOAD={JEMALLOC}" in unit
         assert "Environment=MALLOC_CONF=background_thread:true," in unit
-        assert str(_jemalloc()) in mapped  # the running process really uses it
+        assert str(JEMALLOC) in mapped  # the running process really uses it
     else:
         assert "Environment=MALLOC_ARENA_MAX=2" in unit and "LD_PRELOAD" not in unit
         assert "libjemalloc" not in mapped
