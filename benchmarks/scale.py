@@ -4,13 +4,14 @@ shape (random weights, benchmarks/llama_1b_shape.py).
     .venv/bin/python benchmarks/scale.py [--train-notes 32] [--serve-notes 16] \
         [--backends onnx-int4 onnx-int8] [--state-dir DIR]
 
-Every step is its own process, measured from outside: wall seconds and peak RSS (the kernel's
-ru_maxrss of the process and what it waited for). Per model: loading the base in fp32; training
-`top:8` for one epoch on --train-notes BC5CDR sentences, with the frozen part in fp32 and in NF4
-(bitsandbytes; `--quantization nf4`); the ONNX export of that package per backend (seconds, peak
-RSS, bytes on disk, the export folder's files); serving it per backend (note tokens/s at
-concurrency 1 and 8, peak RSS); the bytes one exchange of the federation carries per mode and
-compression. Then the one-box memory plan: serving's peak beside the largest nightly step's.
+Every step is its own process, measured from outside: wall seconds and peak RSS (GNU time's
+%M: the kernel's ru_maxrss of the process and what it waited for). Per model: loading the base in
+fp32; training `top:8` for one epoch on --train-notes BC5CDR sentences, with the frozen part in
+fp32 and in NF4 (bitsandbytes; `--quantization nf4`); the ONNX export of that package per
+backend (seconds, peak RSS, bytes on disk, the export folder's files); serving it per backend
+(note tokens/s at concurrency 1 and 8, peak RSS); the bytes one exchange of the federation
+carries per mode and compression. Then the one-box memory plan: serving's peak beside the
+largest nightly step's.
 Writes benchmarks/results/scale.md (and scale.json beside it; --out elsewhere; --from-record
 rewrites the report from a scale.json without running anything).
 """
@@ -21,9 +22,10 @@ import argparse
 import json
 import os
 import shlex
+import signal
 import subprocess
 import sys
-import threading
+import tempfile
 import time
 from dataclasses import dataclass
 from datetime import datetime
@@ -43,6 +45,7 @@ from serving.backends.onnx_export import RECIPES, export_key  # noqa: E402
 RESULTS = ROOT / "benchmarks" / "results"
 PY = sys.executable
 GIB = 1024**3
+TIME = "/usr/bin/time"  # GNU time (Debian package `time`)
 
 
 @dataclass
@@ -57,22 +60,28 @@ class Measured:
 
 
 def measured(argv: list[str], timeout_s: float) -> Measured:
-    """Run `argv` to the end (killed after `timeout_s`) and measure it from outside."""
+    """Run `argv` to the end (killed after `timeout_s`) and measure it from outside.
+
+    GNU time starts it and reports its peak RSS: a process this one started directly would
+    report at least this process's own peak (Linux carries the peak across fork and exec).
+    """
     started = time.monotonic()
-    with open(os.devnull, "wb") as sink:
-        proc = subprocess.Popen(argv, cwd=ROOT, stdout=sink, stderr=subprocess.PIPE)
-        assert proc.stderr is not None
-        timer = threading.Timer(timeout_s, proc.kill)
-        timer.start()
-        err = proc.stderr.read().decode(errors="replace")
-        _, status, usage = os.wait4(proc.pid, 0)
-        timer.cancel()
-    proc.returncode = os.waitstatus_to_exitcode(status)
+    with tempfile.NamedTemporaryFile("r") as report, open(os.devnull, "wb") as sink:
+        timed = [TIME, "-f", "%M", "-o", report.name, *argv]
+        proc = subprocess.Popen(
+            timed, cwd=ROOT, stdout=sink, stderr=subprocess.PIPE, start_new_session=True
+        )
+        try:
+            raw = proc.communicate(timeout=timeout_s)[1]
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)  # GNU time and the step it runs
+            raw = proc.communicate()[1] + f"\ntimed out after {timeout_s:.0f} s".encode()
+        code, err = proc.returncode, raw.decode(errors="replace")
+        peak_kb = report.read().strip().splitlines()[-1:] or ["0"]
     command = shlex.join([Path(a).name if a in (PY, CLI) else a for a in argv])
-    tail = " | ".join(err.strip().splitlines()[-3:]) if proc.returncode else ""
-    return Measured(
-        command, proc.returncode, time.monotonic() - started, usage.ru_maxrss / 1024, tail
-    )
+    tail = " | ".join(err.strip().splitlines()[-3:]) if code else ""
+    peak_mb = int(peak_kb[0]) / 1024 if peak_kb[0].isdigit() else 0.0
+    return Measured(command, code, time.monotonic() - started, peak_mb, tail)
 
 
 def load_step(base: str, state_dir: Path) -> Measured:

@@ -89,7 +89,7 @@ def write_report(path: Path, r: dict[str, Any]) -> None:
         "The 1B shape is `benchmarks/llama_1b_shape.py`: Llama-3.2-1B's published configuration "
         "with seeded random weights and the embedded tokenizer, so its speeds, memory and bytes "
         "are the real model's and its entities mean nothing. Each step is its own process, "
-        "measured from outside (wall seconds, the kernel's peak RSS of the process and the "
+        "measured from outside (wall seconds; GNU time's peak RSS of the process and the "
         f"processes it waited for). Training: one epoch on {r['args']['train_notes']} BC5CDR "
         "training sentences, `top:8`, causal attention, the activation cache on (as the "
         f"nightly round runs). Serving: {r['args']['serve_notes']} notes of about 500 tokens "
