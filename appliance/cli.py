@@ -11,7 +11,7 @@ from importlib.metadata import entry_points
 from pathlib import Path
 
 from appliance import cert_commands, registry_cli, remote
-from appliance.config import ATTENTION_MODES, QUANTIZATIONS
+from appliance.config import ATTENTION_MODES, OPTIMIZERS, QUANTIZATIONS
 from appliance.errors import ModelLoadError, PackageError
 from appliance.exits import EXIT_INPUT, EXIT_MODEL, EXIT_OK, EXIT_USAGE, CommandError
 from appliance.notes import NotesError
@@ -63,6 +63,9 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--epochs", type=int, help="maximum epochs (default 3)")
     train.add_argument("--batch-size", type=int, help="windows per step (default 16)")
     train.add_argument("--learning-rate", type=float, help="layers' peak LR (default 3e-4)")
+    train.add_argument(
+        "--optimizer", choices=OPTIMIZERS, help="adamw (default) or the leaner adafactor"
+    )
     train.add_argument("--seed", type=int, help="seed (default 13)")
     train.add_argument("--max-train-notes", type=int, help="use only the first N notes")
     train.add_argument("--max-dev-notes", type=int, help="use only the first N dev notes")

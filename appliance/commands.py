@@ -35,6 +35,7 @@ def config_from(args: argparse.Namespace) -> ApplianceConfig:
             "train.epochs": flag("epochs"),
             "train.batch_size": flag("batch_size"),
             "train.learning_rate": flag("learning_rate"),
+            "train.optimizer": flag("optimizer"),
             "train.seed": flag("seed"),
             "train.max_train_notes": flag("max_train_notes"),
             "train.max_dev_notes": flag("max_dev_notes"),

@@ -12,6 +12,7 @@ from appliance.tomlconfig import check_keys, read_toml
 ATTENTION_MODES = ("bidirectional", "causal", "bidirectional-trained")
 QUANTIZATIONS = ("none", "nf4")
 DEVICES = ("cpu", "cuda")
+OPTIMIZERS = ("adamw", "adafactor")
 DEFAULT_LABELS = ("Chemical", "Disease")
 
 
@@ -58,9 +59,16 @@ class TrainConfig:
     labels: tuple[str, ...] = field(default=DEFAULT_LABELS, metadata={"help": "entity types"})
     epochs: int = field(default=3, metadata={"help": "maximum epochs"})
     batch_size: int = field(default=16, metadata={"help": "windows per optimizer step"})
-    learning_rate: float = field(default=3e-4, metadata={"help": "peak AdamW learning rate"})
+    optimizer: str = field(
+        default="adamw",
+        metadata={
+            "help": "adamw, or adafactor (factored second moments, no first moment: a trained "
+            "weight costs its gradient and little more, against two fp32 moments for adamw)"
+        },
+    )
+    learning_rate: float = field(default=3e-4, metadata={"help": "peak learning rate"})
     head_learning_rate: float = field(default=1e-3, metadata={"help": "learning rate of the head"})
-    weight_decay: float = field(default=0.01, metadata={"help": "AdamW weight decay"})
+    weight_decay: float = field(default=0.01, metadata={"help": "weight decay of the weights"})
     warmup_ratio: float = field(default=0.06, metadata={"help": "share of steps warming up"})
     max_grad_norm: float = field(default=1.0, metadata={"help": "gradient clipping norm"})
     patience: int = field(default=2, metadata={"help": "epochs without dev F1 gain before stop"})
@@ -92,6 +100,8 @@ class TrainConfig:
             raise ValueError(f"labels must be distinct and non-empty, got {self.labels}")
         if self.patience < 1:
             raise ValueError(f"patience must be >= 1, got {self.patience}")
+        if self.optimizer not in OPTIMIZERS:
+            raise ValueError(f"optimizer must be one of {OPTIMIZERS}, got {self.optimizer!r}")
 
 
 @dataclass

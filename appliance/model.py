@@ -22,6 +22,7 @@ from typing import Any
 import torch
 from transformers import (
     AutoConfig,
+    AutoModel,
     AutoTokenizer,
     BitsAndBytesConfig,
     LlamaForTokenClassification,
@@ -132,6 +133,22 @@ def fingerprint_source(source: BaseSource) -> str:
     return "sha256:" + _hash_files(tuple(str(f) for f in files), stamps)
 
 
+def base_parameters(source: BaseSource, state_dir: Path) -> int:
+    """The base's parameter count, from its config alone (the network built on the meta device:
+    no weights are read). A GGUF's config is read from its materialized copy in `state_dir` when
+    there is one (parsing the GGUF takes seconds)."""
+    directory, extra = source.directory, {}
+    if source.gguf_file:
+        directory = _materialized_dir(fingerprint_source(source), state_dir)
+        if not (directory / "config.json").is_file():
+            directory, extra = source.directory, {"gguf_file": source.gguf_file}
+    with _quiet_loading():
+        config = AutoConfig.from_pretrained(str(directory), local_files_only=True, **extra)
+    with torch.device("meta"):
+        network = AutoModel.from_config(config)
+    return sum(p.numel() for p in network.parameters())
+
+
 def load_tokenizer(source: BaseSource) -> PreTrainedTokenizerBase:
     kwargs = {"gguf_file": source.gguf_file} if source.gguf_file else {}
     tokenizer = AutoTokenizer.from_pretrained(
@@ -152,13 +169,17 @@ def _label_kwargs(tags: tuple[str, ...]) -> dict[str, object]:
     }
 
 
+def _materialized_dir(fingerprint: str, state_dir: Path) -> Path:
+    return state_dir / "bases" / fingerprint.replace(":", "-")
+
+
 def _materialize_gguf(source: BaseSource, fingerprint: str, state_dir: Path) -> Path:
     """Dequantize a GGUF once into an fp32 safetensors base in the state dir.
 
     Reading GGUF dequantizes in Python (about 35 s for SmolLM2-135M on 2 cores); the safetensors
     copy loads in about a second and is what bitsandbytes quantizes from. Keyed by fingerprint.
     """
-    target = state_dir / "bases" / fingerprint.replace(":", "-")
+    target = _materialized_dir(fingerprint, state_dir)
     if not (target / "config.json").is_file():
         log.info("materializing %s as fp32 safetensors in %s", source.display, target)
         tmp = target.with_name(target.name + f".tmp{os.getpid()}")

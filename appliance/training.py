@@ -1,4 +1,5 @@
-"""Train the selected layers + head: AdamW, warmup + linear decay, clipping, early stopping."""
+"""Train the selected layers + head: AdamW or Adafactor, warmup + linear decay, clipping, early
+stopping."""
 
 from __future__ import annotations
 
@@ -83,8 +84,9 @@ def epoch_batches(lengths: Sequence[int], batch_size: int, gen: torch.Generator)
 
 def build_optimizer(
     model: torch.nn.Module, selection: LayerSelection, cfg: TrainConfig
-) -> torch.optim.AdamW:
-    """AdamW; no weight decay on norms and biases; the fresh head gets its own learning rate."""
+) -> torch.optim.Optimizer:
+    """AdamW or Adafactor (`cfg.optimizer`); no weight decay on norms and biases; the fresh head
+    gets its own learning rate."""
     groups: dict[str, list[torch.nn.Parameter]] = {"decay": [], "no_decay": [], "head": []}
     for name, param in model.named_parameters():
         if not param.requires_grad:
@@ -95,13 +97,14 @@ def build_optimizer(
             groups["no_decay"].append(param)
         else:
             groups["decay"].append(param)
-    return torch.optim.AdamW(
-        [
-            {"params": groups["decay"], "lr": cfg.learning_rate, "weight_decay": cfg.weight_decay},
-            {"params": groups["no_decay"], "lr": cfg.learning_rate, "weight_decay": 0.0},
-            {"params": groups["head"], "lr": cfg.head_learning_rate, "weight_decay": 0.0},
-        ]
-    )
+    param_groups = [
+        {"params": groups["decay"], "lr": cfg.learning_rate, "weight_decay": cfg.weight_decay},
+        {"params": groups["no_decay"], "lr": cfg.learning_rate, "weight_decay": 0.0},
+        {"params": groups["head"], "lr": cfg.head_learning_rate, "weight_decay": 0.0},
+    ]
+    if cfg.optimizer == "adafactor":
+        return torch.optim.Adafactor(param_groups)
+    return torch.optim.AdamW(param_groups)
 
 
 def batch_loss(

@@ -2,7 +2,7 @@
 
     .venv/bin/python benchmarks/onnx_recipes.py [--sentences 600] [--notes 160] [--state-dir DIR]
 
-Exports the serving benchmark's package to fp32 ONNX once (serving/backends/onnx_export.py), then
+Exports the serving benchmark's package to fp32 ONNX once (serving/backends/onnx_trace.py), then
 quantizes it several ways and runs each with ONNX Runtime in this process, side by side:
 strict F1 on the first N BC5CDR test sentences and on notes of ~500 tokens (the windows the
 server cuts), throughput on windows of ~250 tokens in batches of 16 (what the server batches for
@@ -39,11 +39,13 @@ from appliance.readers import read_conll  # noqa: E402
 from appliance.windows import right_context  # noqa: E402
 from benchmarks.serving import build_notes, ensure_package, machine  # noqa: E402
 from serving.backends.onnx_export import (  # noqa: E402
+    FP32_FILE,
     RECIPES,
+    TOKENIZER_DIR,
     _dynamic_int8,
-    _export_fp32,
     _nbits,
 )
+from serving.backends.onnx_trace import trace_fp32  # noqa: E402
 
 RESULT = ROOT / "benchmarks" / "results" / "onnx_recipes.md"
 Windowing = tuple[int, int, int]  # max tokens, left context, right context
@@ -144,7 +146,8 @@ def measure(args: argparse.Namespace) -> tuple[Rows, int, Windowing, str]:
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
-        _export_fp32(package, args.state_dir, None, work, work, RECIPES["onnx-int4"]["opset"])
+        opset = RECIPES["onnx-int4"]["opset"]
+        trace_fp32(package, args.state_dir, None, work / FP32_FILE, work / TOKENIZER_DIR, opset)
         from transformers import PreTrainedTokenizerFast
 
         tok = PreTrainedTokenizerFast.from_pretrained(str(work / "tokenizer"))

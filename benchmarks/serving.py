@@ -42,6 +42,7 @@ from appliance.evaluation import entity_scores  # noqa: E402
 from appliance.notes import EntitySpan, Note  # noqa: E402
 from appliance.readers import read_conll  # noqa: E402
 from benchmarks.serving_pipeline import peak_rss_mb  # noqa: E402
+from benchmarks.soak_server import serving_env  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results"
 CLI = str(ROOT / ".venv" / "bin" / "appliance")
@@ -134,8 +135,13 @@ def run_backend(
         f'[serving]\npackage = "{package}"\nstate_dir = "{state_dir}"\nbackend = "{backend}"\n'
         "port = 0\nworkers = 64\nmax_queue = 1024\ntoken_budget = 1024\nmax_queue_delay_ms = 5.0\n"
     )
+    env = {**os.environ, **serving_env()}  # the serving unit's allocator
     proc = subprocess.Popen(
-        [CLI, "serve", "--config", str(config)], stdout=subprocess.PIPE, text=True, cwd=ROOT
+        [CLI, "serve", "--config", str(config)],
+        stdout=subprocess.PIPE,
+        text=True,
+        cwd=ROOT,
+        env=env,
     )
     try:
         assert proc.stdout is not None
@@ -227,6 +233,7 @@ def main() -> None:
         "date": time.strftime("%Y-%m-%d"),
         "notes": len(notes),
         "note_tokens": tokens,
+        "environment": " ".join(f"{k}={v}" for k, v in serving_env().items()),
     }
     from benchmarks.serving_report import write_report
 

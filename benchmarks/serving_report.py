@@ -87,7 +87,8 @@ def write_report(root: Path, context: dict[str, Any], results: list[dict[str, An
         f"Command: `{context['command']}`  ",
         f"Model: `{context['package_command']}` (package of the embedded SmolLM2-135M)  ",
         f"Machine: {context['machine']}  ",
-        f"Date: {context['date']}",
+        f"Date: {context['date']}  ",
+        f"Serving environment (the serving unit's): {context.get('environment', 'not recorded')}",
         "",
         f"{context['notes']} notes of about 500 tokens ({context['note_tokens']} tokens in all) "
         "built from consecutive BC5CDR test sentences. Each system ran in its own process, one "

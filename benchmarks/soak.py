@@ -219,7 +219,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--no-kill", dest="kill_at", action="store_const", const=None)
     parser.add_argument("--rss-warmup-s", type=float, default=60.0, help="RSS baseline after")
     parser.add_argument(
-        "--warmup-minutes", type=float, default=1.0, help="load before the soak (0: none)"
+        "--warmup-minutes", type=float, default=3.0, help="load before the soak (0: none)"
     )
     parser.add_argument(
         "--rest-s", type=float, default=20.0, help="no load after warm-up and soak: RSS at rest"

@@ -159,7 +159,12 @@ class Consortium:
                 f"registering {hospital} failed: {done.stdout[-400:]}{done.stderr[-400:]}"
             )
 
-    def start_supernode(self, hospital: str, node_config: dict[str, Any]) -> None:
+    def start_supernode(
+        self,
+        hospital: str,
+        node_config: dict[str, Any],
+        extra_env: dict[str, str] | None = None,
+    ) -> None:
         values = " ".join(f"{k}={toml_value(v)}" for k, v in node_config.items())
         self.spawn(
             hospital,
@@ -176,6 +181,7 @@ class Consortium:
                 "--port",
                 str(free_port()),
             ],
+            extra_env,
         )
 
     def run(self, cfg: FederationConfig, timeout: float = 600.0) -> RunResult:
@@ -232,7 +238,7 @@ class Consortium:
             proc = self.processes.pop(key, None)
             if proc is None or proc.poll() is not None:
                 continue
-            stopping.append((proc, _descendants(proc.pid)))
+            stopping.append((proc, descendants(proc.pid)))
             os.killpg(proc.pid, signal.SIGTERM)
         deadline = time.monotonic() + 20
         for proc, children in stopping:
@@ -244,7 +250,7 @@ class Consortium:
             _end(children)
 
 
-def _descendants(pid: int) -> list[int]:
+def descendants(pid: int) -> list[int]:
     """Every process below `pid` (Linux /proc), children first."""
     try:
         text = Path(f"/proc/{pid}/task/{pid}/children").read_text()
@@ -252,7 +258,7 @@ def _descendants(pid: int) -> list[int]:
         return []
     found = []
     for child in map(int, text.split()):
-        found += [child, *_descendants(child)]
+        found += [child, *descendants(child)]
     return found
 
 

@@ -136,6 +136,7 @@ class HospitalClient(NumPyClient):
                 self.node.heldout,
                 tolerance,
                 self.node.bases_dir,
+                quantization=self.node.loaded.config.quantization,
                 label=f"round-{server_round}",
                 journal=self.journal,
                 server_round=server_round,

@@ -13,6 +13,9 @@ COMPRESSIONS = ("none", "fp16", "bf16", "int8", "topk")
 STRATEGIES = ("fedavg", "fedprox")
 LR_SCHEDULES = ("constant", "cosine")
 CLIENT_DP = ("none", "client-fixed")
+FROZEN_QUANTIZATIONS = ("auto", "none", "nf4")
+OPTIMIZERS = ("adamw", "adafactor")
+LARGE_BASE_PARAMETERS = 500_000_000  # frozen-quantization auto: a base this large trains on NF4
 
 
 @dataclass(frozen=True)
@@ -56,6 +59,21 @@ class FederationConfig:
     lora_rank: int = field(default=8, metadata={"help": "LoRA rank (mode lora)"})
     lora_alpha: int = field(default=16, metadata={"help": "LoRA alpha (mode lora)"})
     lora_dropout: float = field(default=0.05, metadata={"help": "LoRA dropout (mode lora)"})
+    frozen_quantization: str = field(
+        default="auto",
+        metadata={
+            "help": "the frozen layers while a hospital trains: none (fp32), nf4 (bitsandbytes "
+            "4-bit; the trained layers and the head stay fp32) or auto: nf4 for a base of 500M "
+            "parameters or more (LLaMA 3.2-1B: 1.2B), and for lora on a GPU"
+        },
+    )
+    optimizer: str = field(
+        default="adamw",
+        metadata={
+            "help": "adamw, or adafactor (no first moment, a factored second: at the LLaMA "
+            "3.2-1B size 3.9 GB less for top:8; it needs a larger learning-rate, e.g. 10x)"
+        },
+    )
     rounds: int = field(default=3, metadata={"help": "federated rounds of a run"})
     local_epochs: int = field(default=1, metadata={"help": "epochs each hospital trains per round"})
     local_fraction: float = field(
@@ -176,6 +194,8 @@ class FederationConfig:
         _one_of("strategy", self.strategy, STRATEGIES)
         _one_of("lr-schedule", self.lr_schedule, LR_SCHEDULES)
         _one_of("client-dp", self.client_dp, CLIENT_DP)
+        _one_of("frozen-quantization", self.frozen_quantization, FROZEN_QUANTIZATIONS)
+        _one_of("optimizer", self.optimizer, OPTIMIZERS)
         _positive(
             self,
             "rounds",
@@ -235,6 +255,15 @@ class FederationConfig:
         progress = min(max(server_round - 1, 0) / (self.rounds - 1), 1.0)
         low = self.lr_min_fraction
         return low + (1 - low) * 0.5 * (1 + math.cos(math.pi * progress))
+
+    def base_quantization(self, parameters: int, gpu: bool) -> str:
+        """How a hospital loads a base of `parameters` to train on: "nf4" or "none"
+        (`frozen_quantization` resolved). At the LLaMA 3.2-1B size NF4 halves the training's
+        memory (benchmarks/results/scale.md); the embedded model trains in fp32."""
+        if self.frozen_quantization != "auto":
+            return self.frozen_quantization
+        large = parameters >= LARGE_BASE_PARAMETERS
+        return "nf4" if large or (self.mode == "lora" and gpu) else "none"
 
     @property
     def spec(self) -> str:

@@ -9,7 +9,7 @@ and finds entities in a smoke note. A rejected or broken candidate stays in `ver
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -39,10 +39,15 @@ class PromotionDecision:
 
 
 def heldout_f1(
-    package_dir: Path, notes: Sequence[Note], state_dir: Path, base: str | None = None
+    package_dir: Path,
+    notes: Sequence[Note],
+    state_dir: Path,
+    base: str | None = None,
+    quantization: str = "none",
 ) -> float:
-    """Strict entity F1 (seqeval, micro) of a package on held-out notes."""
-    loaded, package = load_packaged_model(package_dir, state_dir, base)
+    """Strict entity F1 (seqeval, micro) of a package on held-out notes; `quantization` is how
+    the base's frozen part is loaded (candidate and current are scored alike)."""
+    loaded, package = load_packaged_model(package_dir, state_dir, base, quantization)
     windowing = package.meta["windowing"]
     annotator = Annotator(loaded, windowing["max_tokens"], windowing["context_tokens"])
     metrics = evaluate_predictions(notes, annotator.predict(notes))
@@ -63,6 +68,7 @@ def promote_if_not_worse(
     *,
     label: str = "candidate",
     base: str | None = None,
+    quantization: str = "none",
     journal: RoundJournal | None = None,
     server_round: int | None = None,
 ) -> PromotionDecision:
@@ -74,23 +80,24 @@ def promote_if_not_worse(
     registry = ModelRegistry(registry_root)
     slot = publish(registry, Path(candidate), label)
     current = registry.current()
-    decision = _decide(registry, slot, current, heldout, tolerance, state_dir, base)
+
+    def score(package_dir: Path) -> float:
+        return heldout_f1(package_dir, heldout, state_dir, base, quantization)
+
+    decision = _decide(slot, current, tolerance, score)
     _report(registry, decision, journal, server_round)
     return decision
 
 
 def _decide(
-    registry: ModelRegistry,
     slot: RegistryVersion,
     current: RegistryVersion | None,
-    heldout: Sequence[Note],
     tolerance: float,
-    state_dir: Path,
-    base: str | None,
+    score: Callable[[Path], float],
 ) -> PromotionDecision:
     now = current.version if current else None
     try:
-        cand_f1 = heldout_f1(slot.path, heldout, state_dir, base)
+        cand_f1 = score(slot.path)
     except (ModelLoadError, PackageError, OSError, KeyError) as err:
         return PromotionDecision("broken", slot.version, f"does not load: {err}", None, now, None)
     if current is None:
@@ -98,7 +105,7 @@ def _decide(
             "promoted", slot.version, f"first model (F1 {cand_f1:.4f})", cand_f1, None, None
         )
     try:
-        cur_f1 = heldout_f1(current.path, heldout, state_dir, base)
+        cur_f1 = score(current.path)
     except (ModelLoadError, PackageError, OSError, KeyError) as err:
         reason = f"current {current.version} no longer loads ({err}); candidate replaces it"
         return PromotionDecision("promoted", slot.version, reason, cand_f1, now, None)

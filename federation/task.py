@@ -24,7 +24,7 @@ from appliance.encoding import EncodedWindow
 from appliance.evaluation import evaluate_predictions
 from appliance.inference import Annotator
 from appliance.layers import LayerSelection
-from appliance.model import LoadedModel, load_model
+from appliance.model import LoadedModel, base_parameters, load_model, resolve_source
 from appliance.notes import Note
 from appliance.package import save_package
 from appliance.sentence_task import as_sentence_classifier, encode_sentences, score_sentences
@@ -107,7 +107,8 @@ class HospitalNode:
         """`bases_dir`: where a GGUF base is materialized (default: the node's state dir)."""
         state_dir = Path(state_dir)
         state_dir.mkdir(parents=True, exist_ok=True)
-        quantization = "nf4" if cfg.mode == "lora" and torch.cuda.is_available() else "none"
+        parameters = base_parameters(resolve_source(cfg.base), Path(bases_dir or state_dir))
+        quantization = cfg.base_quantization(parameters, torch.cuda.is_available())
         model_cfg = ModelConfig(base=cfg.base, attention=cfg.attention, quantization=quantization)
         loaded = load_model(model_cfg, cfg.labels, bases_dir or state_dir, cfg.spec)
         return cls(cfg, for_task(loaded, cfg), notes, state_dir, name, heldout, bases_dir)
@@ -116,6 +117,7 @@ class HospitalNode:
         c = self.cfg
         factor = c.round_lr_factor(server_round)
         return TrainConfig(
+            optimizer=c.optimizer,
             layers=c.spec,
             labels=c.labels,
             epochs=c.local_epochs,

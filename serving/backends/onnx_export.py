@@ -29,6 +29,7 @@ import hashlib
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -62,6 +63,7 @@ RECIPES: dict[str, dict[str, Any]] = {
     },
 }
 MODEL_FILE = "model.onnx"
+FP32_FILE = "model.fp32.onnx"  # in the export's work folder, removed once quantized
 INFO_FILE = EXPORT_INFO  # the registry prunes an export by the version this file names
 TOKENIZER_DIR = "tokenizer"
 
@@ -129,11 +131,13 @@ def ensure_export(
 def _run_export(argv: list[str], target: Path, timeout_s: float) -> tuple[int, str]:
     """Run the export process; (exit code, its last words). Whatever a killed or timed-out
     process left half-written is removed."""
-    with subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) as proc:
+    with subprocess.Popen(
+        argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True
+    ) as proc:
         try:
             out, err = proc.communicate(timeout=timeout_s)
         except subprocess.TimeoutExpired:
-            proc.kill()
+            os.killpg(proc.pid, signal.SIGKILL)  # the export and the trace process it started
             out, err = proc.communicate()
             err += f"\nonnx export: timed out after {timeout_s:.0f} s\n"
         finally:
@@ -143,45 +147,32 @@ def _run_export(argv: list[str], target: Path, timeout_s: float) -> tuple[int, s
     return proc.returncode, own[-1] if own else " | ".join(lines[-5:])
 
 
-def _export_fp32(
+def _trace_apart(
     package_path: Path, state_dir: Path, base: str | None, out: Path, work: Path, opset: int
 ) -> dict:
-    """Trace the packaged model (windows -> log-probs over the tags) to fp32 ONNX in `work`
-    (over 2 GB, torch writes one file per tensor beside it); the tokenizer goes to `out`."""
-    import torch
+    """`onnx_trace.trace_fp32` in a process of its own: the torch model's memory goes back to
+    the OS before quantizing (freed in this process, much of it would stay resident)."""
+    from concurrent.futures import ProcessPoolExecutor
+    from multiprocessing import get_context
 
-    from appliance.forward import full_logits
-    from appliance.package import load_packaged_model
-
-    loaded, _ = load_packaged_model(package_path, state_dir, base)
-    loaded.tokenizer.save_pretrained(str(out / TOKENIZER_DIR))
-
-    class LogProbs(torch.nn.Module):
-        def __init__(self) -> None:
-            super().__init__()
-            self.model = loaded.model
-
-        def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-            logits = full_logits(self.model, input_ids, attention_mask)
-            return torch.log_softmax(logits.float(), dim=-1)
-
-    module = LogProbs().eval()
-    ids = torch.full((2, 24), 3, dtype=torch.long)
-    mask = torch.ones_like(ids)
-    mask[1, 16:] = 0
-    axes = {0: "batch", 1: "tokens"}
-    with torch.no_grad():
-        torch.onnx.export(
-            module,
-            (ids, mask),
-            str(work / "model.fp32.onnx"),
-            dynamo=False,
-            input_names=["input_ids", "attention_mask"],
-            output_names=["log_probs"],
-            dynamic_axes={"input_ids": axes, "attention_mask": axes, "log_probs": axes},
-            opset_version=opset,
+    with ProcessPoolExecutor(1, mp_context=get_context("spawn")) as pool:
+        job = pool.submit(
+            _trace_fp32,
+            package_path,
+            state_dir,
+            base,
+            work / FP32_FILE,
+            out / TOKENIZER_DIR,
+            opset,
         )
-    return {"labels": list(loaded.labels), "pad_id": int(loaded.tokenizer.pad_token_id)}
+        return job.result()
+
+
+def _trace_fp32(*args: Any) -> dict:
+    """The child's entry point: only the child imports torch."""
+    from serving.backends.onnx_trace import trace_fp32
+
+    return trace_fp32(*args)
 
 
 def _quantize(work: Path, out: Path, recipe: dict[str, Any]) -> None:
@@ -190,7 +181,7 @@ def _quantize(work: Path, out: Path, recipe: dict[str, Any]) -> None:
     import onnx
     import onnxruntime as ort
 
-    source = work / "model.fp32.onnx"
+    source = work / FP32_FILE
     names = [n.name for n in onnx.load(str(source), load_external_data=False).graph.node]
     head = [name for name in names if "/score/" in name]
     if recipe["matmul"] == "int8-dynamic":
@@ -258,7 +249,7 @@ def export(
         recipe = RECIPES[backend]
         work = tmp / "work"
         work.mkdir()
-        info = _export_fp32(package_path, state_dir, base, tmp, work, recipe["opset"])
+        info = _trace_apart(package_path, state_dir, base, tmp, work, recipe["opset"])
         _quantize(work, tmp, recipe)
         info.update(
             backend=backend,

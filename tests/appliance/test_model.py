@@ -17,6 +17,7 @@ from appliance.config import ModelConfig
 from appliance.forward import full_logits, prefix_states
 from appliance.model import (
     ModelLoadError,
+    base_parameters,
     bio_tags,
     embedded_source,
     fingerprint_source,
@@ -161,6 +162,10 @@ def test_embedded_gguf_model_loads_as_a_30_layer_token_classifier(tmp_path: Path
     enc = loaded.tokenizer("Cisplatin nephrotoxicity", return_offsets_mapping=True)
     assert enc["offset_mapping"][-1][1] == len("Cisplatin nephrotoxicity")
     assert (tmp_path / "bases").is_dir()  # dequantized once, reused by later loads
+    # counted from the config (of the materialized copy, once there is one): no weights read
+    assert base_parameters(source, tmp_path) == 134_515_008
+    assert base_parameters(source, tmp_path / "nothing-materialized") == 134_515_008
+    assert sum(p.numel() for p in loaded.model.model.parameters()) == 134_515_008
 
 
 def test_bidirectional_trained_unmasks_only_the_trained_layers(tiny_llama: Path, tmp_path: Path):

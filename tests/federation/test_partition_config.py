@@ -69,6 +69,23 @@ def test_run_config_round_trip_and_errors(tmp_path: Path):
         FederationConfig(lr_min_fraction=0.0)
 
 
+def test_a_large_base_trains_on_nf4_unless_configured():
+    small, large = 134_515_008, 1_235_814_400  # SmolLM2-135M, LLaMA 3.2-1B
+    auto = FederationConfig()
+    assert auto.base_quantization(small, gpu=False) == "none"
+    assert auto.base_quantization(large, gpu=False) == "nf4"
+    assert FederationConfig(mode="lora").base_quantization(small, gpu=True) == "nf4"
+    assert FederationConfig(mode="lora").base_quantization(small, gpu=False) == "none"
+    assert FederationConfig(frozen_quantization="none").base_quantization(large, False) == "none"
+    assert FederationConfig(frozen_quantization="nf4").base_quantization(small, False) == "nf4"
+    with pytest.raises(ValueError, match="frozen-quantization 'int3'"):
+        FederationConfig(frozen_quantization="int3")
+    parsed = from_run_config({"frozen-quantization": "nf4", "optimizer": "adamw"})
+    assert (parsed.frozen_quantization, parsed.optimizer) == ("nf4", "adamw")
+    with pytest.raises(ValueError, match="optimizer 'sgd'"):
+        FederationConfig(optimizer="sgd")
+
+
 def test_the_cosine_schedule_decays_the_rates_over_the_rounds(tiny_llama: Path, tmp_path: Path):
     cosine = FederationConfig(rounds=5, lr_schedule="cosine", lr_min_fraction=0.2)
     factors = [cosine.round_lr_factor(r) for r in range(1, 6)]
