@@ -256,3 +256,30 @@ def _budget_unknown(instance: str) -> dict[str, dict[str, str]]:
             "runbook_url": "docs/operations.md#applianceservingmemorybudgetunknown",
         },
     }
+
+
+ROLE_DEFAULTS = ANSIBLE / "roles" / "hospital_node" / "defaults" / "main.yml"
+SCALE = ANSIBLE.parent / "benchmarks" / "results" / "scale.json"
+BY_BASE = re.compile(r"'(\d+)G' if hospital_node_base_model == 'embedded' else '(\d+)G'")
+
+
+def _default_gib(variable: str) -> dict[str, int]:
+    """The role default of `variable` per base: {"embedded": GiB, "llama-1b-shape": GiB}."""
+    line = next(s for s in ROLE_DEFAULTS.read_text().splitlines() if s.startswith(variable + ":"))
+    match = BY_BASE.search(line)
+    assert match, f"{variable} is not sized per base: {line}"
+    return {"embedded": int(match.group(1)), "llama-1b-shape": int(match.group(2))}
+
+
+def test_the_role_budgets_cover_the_peaks_measured_at_each_size() -> None:
+    """Serving's MemoryMax holds serving and the export it runs; the federation daemon's holds a
+    node's round (benchmarks/results/scale.md, anonymous peaks; a failed round's too)."""
+    models = json.loads(SCALE.read_text(encoding="utf-8"))["models"]
+    serving_max = _default_gib("hospital_node_serving_memory_max")
+    federation_max = _default_gib("hospital_node_federation_memory_max")
+    for name, m in models.items():
+        serving = max(s["peak_rss_mb"] for s in m["serve"].values())
+        export = max(e["run"]["anon_mb"] for e in m["export"].values())
+        node = max(n["peak_anon_mb"] for r in m["rounds"].values() for n in r["nodes"].values())
+        assert (serving + export) / 1024 <= serving_max[name], (name, serving, export)
+        assert node / 1024 <= federation_max[name], (name, node)
