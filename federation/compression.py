@@ -40,13 +40,14 @@ def encode_update(
         return {k: np.asarray(v, dtype=np.float16) for k, v in new.items()}
     if method == "bf16":
         return {f"{k}@bf16": _to_bf16_bits(v) for k, v in new.items()}
-    deltas = {k: np.asarray(new[k], np.float32) - np.asarray(reference[k], np.float32) for k in new}
     if method == "int8":
         out: Arrays = {}
-        for k, d in deltas.items():
-            out[f"{k}@q"], out[f"{k}@scale"] = quantize_int8(d, block)
+        for k in new:  # one delta at a time: all of them at once are the travelling part again
+            delta = np.asarray(new[k], np.float32) - np.asarray(reference[k], np.float32)
+            out[f"{k}@q"], out[f"{k}@scale"] = quantize_int8(delta, block)
             out[f"{k}@block"] = np.array([block], np.int32)
         return out
+    deltas = {k: np.asarray(new[k], np.float32) - np.asarray(reference[k], np.float32) for k in new}
     if method == "topk":
         if residual is None:
             raise ValueError("topk compression needs a residual dict (error feedback)")

@@ -156,7 +156,7 @@ class HospitalNode:
             log.warning("node %s declines round %d: %s", self.name, server_round, reason)
             return LocalUpdate({}, 0, self._privacy_metrics() | {"reason": reason}, reason)
         self.set_arrays(arrays)
-        reference = {k: np.asarray(v, np.float32) for k, v in arrays.items()}
+        reference = dict(arrays)  # as received (fp16 when compressed): upcast per tensor on use
         loss = self._fit(server_round, reference, overrides or {})
         if step is not None:
             self.ledger.commit(server_round, step)
@@ -217,7 +217,9 @@ class HospitalNode:
 
     def _proximal_term(self, reference: Arrays, mu: float) -> Any:
         params = dict(self.loaded.model.named_parameters())
-        anchors = [(params[n], torch.from_numpy(reference[n])) for n in self.names]
+        anchors = [
+            (params[n], torch.from_numpy(np.array(reference[n], np.float32))) for n in self.names
+        ]
 
         def term() -> torch.Tensor:
             total = sum(((p - a) ** 2).sum() for p, a in anchors)
