@@ -16,6 +16,8 @@ from pathlib import Path
 
 from prometheus_client.parser import text_string_to_metric_families
 
+from benchmarks.tree_memory import status_kb
+
 ROOT = Path(__file__).resolve().parent.parent
 WATCHED = (
     "appliance_ner_model_swaps_total",
@@ -115,14 +117,8 @@ class Sample:
 
 def rss_mb(pid: int) -> float | None:
     """VmRSS of `pid` in MB (None when it has gone)."""
-    try:
-        lines = Path(f"/proc/{pid}/status").read_text().splitlines()
-    except OSError:
-        return None
-    for line in lines:
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    return None
+    kb = status_kb(pid, ("VmRSS",)).get("VmRSS")
+    return None if kb is None else kb / 1024
 
 
 def cpu_seconds(pid: int | None) -> float:

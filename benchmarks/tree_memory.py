@@ -14,7 +14,8 @@ from pathlib import Path
 from demo.consortium import descendants
 
 
-def _status_kb(pid: int, keys: tuple[str, ...]) -> dict[str, int]:
+def status_kb(pid: int, keys: tuple[str, ...]) -> dict[str, int]:
+    """The `keys` of /proc/`pid`/status (VmRSS, RssAnon, ...) in KB; {} when it has gone."""
     try:
         lines = Path(f"/proc/{pid}/status").read_text().splitlines()
     except OSError:
@@ -31,7 +32,7 @@ def tree_kb(pid: int) -> tuple[int, int]:
     """(resident, anonymous) KB summed over `pid` and its descendants, now."""
     rss = anon = 0
     for member in (pid, *descendants(pid)):
-        values = _status_kb(member, ("VmRSS", "RssAnon"))
+        values = status_kb(member, ("VmRSS", "RssAnon"))
         rss += values.get("VmRSS", 0)
         anon += values.get("RssAnon", 0)
     return rss, anon

@@ -12,14 +12,13 @@ from flwr.server import Grid, LegacyContext, ServerApp, ServerConfig
 from flwr.server.strategy import DifferentialPrivacyClientSideFixedClipping, Strategy
 from flwr.server.workflow import DefaultWorkflow, SecAggPlusWorkflow
 
-from appliance.config import ModelConfig, TrainConfig
+from appliance.config import TrainConfig
 from appliance.layers import LayerSelection
-from appliance.model import base_parameters, load_model, resolve_source
 from appliance.training import Trainer
 from federation import modes
 from federation.config import FederationConfig, from_run_config
 from federation.strategy import ConsortiumStrategy
-from federation.task import for_task, seeded_start
+from federation.task import load_for_training, seeded_start
 
 log = logging.getLogger(__name__)
 
@@ -29,10 +28,7 @@ def initial_global(
 ) -> tuple[list[str], dict[str, np.ndarray]]:
     """The starting weights of the travelling part: the same seeded init every node makes. The
     frozen part is loaded as the nodes load it (NF4 for a large base): it never travels."""
-    parameters = base_parameters(resolve_source(cfg.base), state_dir)
-    quantization = cfg.base_quantization(parameters, gpu=False)
-    model_cfg = ModelConfig(base=cfg.base, attention=cfg.attention, quantization=quantization)
-    loaded = for_task(load_model(model_cfg, cfg.labels, state_dir, cfg.spec), cfg)
+    loaded = load_for_training(cfg, state_dir, gpu=False)
     selection = LayerSelection.parse(cfg.spec, loaded.num_layers)
     train_cfg = TrainConfig(layers=cfg.spec, labels=cfg.labels, seed=cfg.seed)
     trainer = Trainer(loaded, selection, train_cfg, progress=False, fresh_head=False)

@@ -52,6 +52,16 @@ def for_task(loaded: LoadedModel, cfg: FederationConfig) -> LoadedModel:
     return as_sentence_classifier(loaded) if cfg.task == "sentence" else loaded
 
 
+def load_for_training(cfg: FederationConfig, bases_dir: Path, gpu: bool) -> LoadedModel:
+    """The run's base as a hospital trains on it: the frozen part quantized as
+    `cfg.base_quantization` says for its size, the task's head. `bases_dir`: where a GGUF base
+    is materialized."""
+    parameters = base_parameters(resolve_source(cfg.base), bases_dir)
+    quantization = cfg.base_quantization(parameters, gpu)
+    model_cfg = ModelConfig(base=cfg.base, attention=cfg.attention, quantization=quantization)
+    return for_task(load_model(model_cfg, cfg.labels, bases_dir, cfg.spec), cfg)
+
+
 def seeded_start(trainer: Trainer, cfg: FederationConfig) -> list[str]:
     """The start every node and the server make alike: the seeded head init, then the mode's
     preparation (LoRA's A init from the same seed). Returns the travelling tensors' names."""
@@ -107,11 +117,8 @@ class HospitalNode:
         """`bases_dir`: where a GGUF base is materialized (default: the node's state dir)."""
         state_dir = Path(state_dir)
         state_dir.mkdir(parents=True, exist_ok=True)
-        parameters = base_parameters(resolve_source(cfg.base), Path(bases_dir or state_dir))
-        quantization = cfg.base_quantization(parameters, torch.cuda.is_available())
-        model_cfg = ModelConfig(base=cfg.base, attention=cfg.attention, quantization=quantization)
-        loaded = load_model(model_cfg, cfg.labels, bases_dir or state_dir, cfg.spec)
-        return cls(cfg, for_task(loaded, cfg), notes, state_dir, name, heldout, bases_dir)
+        loaded = load_for_training(cfg, Path(bases_dir or state_dir), torch.cuda.is_available())
+        return cls(cfg, loaded, notes, state_dir, name, heldout, bases_dir)
 
     def _train_config(self, server_round: int) -> TrainConfig:
         c = self.cfg
