@@ -42,8 +42,7 @@ from serving.backends.onnx_export import (  # noqa: E402
     FP32_FILE,
     RECIPES,
     TOKENIZER_DIR,
-    _dynamic_int8,
-    _nbits,
+    quantize_file,
 )
 from serving.backends.onnx_trace import trace_fp32  # noqa: E402
 
@@ -52,12 +51,6 @@ Windowing = tuple[int, int, int]  # max tokens, left context, right context
 
 
 def variants(src: Path) -> dict[str, Callable[[Path], None] | None]:
-    import onnx
-
-    names = [n.name for n in onnx.load(str(src), load_external_data=False).graph.node]
-    head = [n for n in names if "/score/" in n]
-    down = [n for n in names if "/down_proj/" in n]
-
     def int4(symmetric: bool, level: int, block: int = 32) -> Callable[[Path], None]:
         recipe = {
             **RECIPES["onnx-int4"],
@@ -65,15 +58,11 @@ def variants(src: Path) -> dict[str, Callable[[Path], None] | None]:
             "accuracy_level": level,
             "block_size": block,
         }
-        return lambda dst: _nbits(src, dst, ("MatMul", "Gather"), head, recipe)
+        return lambda dst: quantize_file(src, dst, recipe)
 
     def int8(keep4: list[str]) -> Callable[[Path], None]:
-        def make(dst: Path) -> None:
-            tmp = dst.with_suffix(".tmp.onnx")
-            _dynamic_int8(src, tmp, head + keep4)
-            _nbits(tmp, dst, ("MatMul", "Gather"), head, RECIPES["onnx-int4"])
-
-        return make
+        recipe = {**RECIPES["onnx-int8"], "int4_matmuls": keep4}
+        return lambda dst: quantize_file(src, dst, recipe)
 
     return {
         "fp32 (no quantization)": None,
@@ -83,7 +72,7 @@ def variants(src: Path) -> dict[str, Callable[[Path], None] | None]:
         "int4 symmetric, accuracy_level 0": int4(True, 0),
         "int4 symmetric, accuracy_level 4": int4(True, 4),
         "int8 everywhere": int8([]),
-        "int8, down_proj int4 (onnx-int8)": int8(down),
+        "int8, down_proj int4 (onnx-int8)": int8(["down_proj"]),
     }
 
 

@@ -13,7 +13,7 @@ import numpy as np
 
 from benchmarks.fuzz_cases import Limits
 from benchmarks.soak_load import Item, Outcome
-from benchmarks.soak_server import Life, Sample
+from benchmarks.soak_server import HEAP, Life, Sample
 
 DELIBERATE = ("OK", "INVALID_ARGUMENT", "RESOURCE_EXHAUSTED")
 SWAPS = "appliance_ner_model_swaps_total"
@@ -269,15 +269,32 @@ def rss_rows(
     return rows
 
 
-def rest_rss(samples: Sequence[Sample], window: tuple[float, float]) -> tuple[int, float] | None:
-    """(pid, median RSS MB) over the second half of a window without load, once the server has
-    released what the last requests used; None without samples there."""
+def rest_rss(
+    samples: Sequence[Sample], window: tuple[float, float]
+) -> tuple[int, float, float | None] | None:
+    """(pid, median RSS MB, median anonymous MB or None where not sampled) over the second half
+    of a window without load, once the server has released what the last requests used; None
+    without samples there."""
     start, end = window
     late = [s for s in samples if (start + end) / 2 <= s.at <= end]
     if not late:
         return None
     sizes = sorted(s.rss_mb for s in late)
-    return late[-1].pid, sizes[len(sizes) // 2]
+    anon = sorted(s.anon_mb for s in late if s.anon_mb is not None)
+    return late[-1].pid, sizes[len(sizes) // 2], anon[len(anon) // 2] if anon else None
+
+
+def rest_heap(samples: Sequence[Sample], window: tuple[float, float]) -> dict[str, float]:
+    """Median C heap MB by state (allocated, resident) over the second half of a window without
+    load, as the server's exporter reported it ({} where it did not)."""
+    start, end = window
+    late = [s for s in samples if (start + end) / 2 <= s.at <= end]
+    found: dict[str, list[float]] = {}
+    for sample in late:
+        for name, value in sample.metrics.items():
+            if name.startswith(f"{HEAP}:"):
+                found.setdefault(name.split(":", 1)[1], []).append(value / 2**20)
+    return {state: sorted(v)[len(v) // 2] for state, v in found.items()}
 
 
 def swap_rss(

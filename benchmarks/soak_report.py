@@ -16,6 +16,7 @@ from benchmarks.soak_analysis import (
     hostile_rows,
     inconsistent,
     kill_report,
+    rest_heap,
     rest_rss,
     restart_times,
     rss_rows,
@@ -114,6 +115,16 @@ def _s(value: float | None) -> str:
     return "never" if value is None else f"{value:.1f} s"
 
 
+def _anon_growth(before: float | None, after: float | None) -> str:
+    if before is None or after is None:
+        return ""
+    return f" (anonymous memory: {after / before - 1:+.1%})"
+
+
+def _mb(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.0f}"
+
+
 def _counts(counter: Any) -> str:
     return ", ".join(f"{k}: {n}" for k, n in sorted(counter.items())) or "none"
 
@@ -121,21 +132,26 @@ def _counts(counter: Any) -> str:
 def rest_section(r: SoakRecord, t0: float) -> tuple[list[str], list[tuple[str, float]]]:
     """RSS with no load (after warm-up, after the soak) and the growth between the two."""
     at_rest = {name: rest_rss(r.samples, window) for name, window in r.rests.items()}
+    heaps = {name: rest_heap(r.samples, window) for name, window in r.rests.items()}
     body = [
-        [name, f"{r.rests[name][0] - t0:.0f}", str(v[0]), f"{v[1]:.0f}"]
+        [name, f"{r.rests[name][0] - t0:.0f}", str(v[0]), f"{v[1]:.0f}", _mb(v[2])]
+        + [_mb(heaps[name].get(state)) for state in ("allocated", "resident")]
         for name, v in at_rest.items()
         if v is not None
     ]
+    head = ["when", "from soak s", "pid", "RSS MB", "anonymous MB"]
+    head += ["C heap allocated MB", "C heap resident MB"]
     before, after = at_rest.get("after warm-up"), at_rest.get("after the soak")
     if before is None or after is None:
-        return table(["when", "from soak s", "pid", "RSS MB"], body), []
+        return table(head, body), []
     who = "same process" if before[0] == after[0] else "the restarted process vs the first"
     growth = after[1] / before[1] - 1
-    lines = table(["when", "from soak s", "pid", "RSS MB"], body)
+    lines = table(head, body)
     lines += [
         "",
-        f"Growth at rest, after the soak vs after warm-up ({who}): {growth:+.1%}. Each is the "
-        f"median of the samples in the second half of {r.args.rest_s:.0f} s without load.",
+        f"Growth at rest, after the soak vs after warm-up ({who}): {growth:+.1%}"
+        f"{_anon_growth(before[2], after[2])}. Each is the median of the samples in the second "
+        f"half of {r.args.rest_s:.0f} s without load.",
     ]
     return lines, [(f"at rest ({who})", growth)]
 

@@ -25,6 +25,7 @@ WATCHED = (
     "appliance_ner_queue_tokens",
 )
 MODEL_INFO = "appliance_ner_model_info"  # its `version` label: the version being served
+HEAP = "appliance_ner_heap_bytes"  # by `state`: recorded as HEAP:allocated, HEAP:resident
 ALLOCATORS = ROOT / "ansible" / "roles" / "hospital_node" / "vars" / "main.yml"
 JEMALLOC = Path(f"/usr/lib/{platform.machine()}-linux-gnu/libjemalloc.so.2")
 
@@ -113,12 +114,19 @@ class Sample:
     rss_mb: float
     metrics: dict[str, float]  # WATCHED names that the exporter answered
     version: str  # the served model version ("" before one is loaded or when unanswered)
+    anon_mb: float | None = None  # RssAnon: the part of rss_mb not backed by a file
 
 
 def rss_mb(pid: int) -> float | None:
     """VmRSS of `pid` in MB (None when it has gone)."""
     kb = status_kb(pid, ("VmRSS",)).get("VmRSS")
     return None if kb is None else kb / 1024
+
+
+def rss_anon_mb(pid: int) -> tuple[float, float] | None:
+    """(VmRSS, RssAnon) of `pid` in MB (None when it has gone)."""
+    kb = status_kb(pid, ("VmRSS", "RssAnon"))
+    return None if len(kb) < 2 else (kb["VmRSS"] / 1024, kb["RssAnon"] / 1024)
 
 
 def cpu_seconds(pid: int | None) -> float:
@@ -145,6 +153,8 @@ def scrape(url: str) -> tuple[dict[str, float], str]:
         for sample in family.samples:
             if sample.name in WATCHED and not sample.labels:
                 values[sample.name] = float(sample.value)
+            elif sample.name == HEAP:
+                values[f"{HEAP}:{sample.labels.get('state')}"] = float(sample.value)
             elif sample.name == MODEL_INFO:
                 version = sample.labels.get("version", "")
     return values, version
@@ -172,7 +182,8 @@ class Sampler:
         while not self._stop.is_set():
             started = time.monotonic()
             pid = self.supervisor.pid
-            rss = None if pid is None else rss_mb(pid)
-            if pid is not None and rss is not None:
-                self.samples.append(Sample(started, pid, rss, *scrape(self.metrics_url)))
+            sizes = None if pid is None else rss_anon_mb(pid)
+            if pid is not None and sizes is not None:
+                values, version = scrape(self.metrics_url)
+                self.samples.append(Sample(started, pid, sizes[0], values, version, sizes[1]))
             self._stop.wait(max(0.0, self.interval_s - (time.monotonic() - started)))

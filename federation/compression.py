@@ -34,8 +34,8 @@ def encode_update(
 
     For `topk`, `residual` is updated in place (error feedback) and must be kept by the caller.
     """
-    if method == "none":
-        return {k: np.asarray(v, dtype=np.float32) for k, v in new.items()}
+    if method == "none":  # copies: `new` may be views of a model that trains on
+        return {k: np.array(v, dtype=np.float32) for k, v in new.items()}
     if method == "fp16":
         return {k: np.asarray(v, dtype=np.float16) for k, v in new.items()}
     if method == "bf16":
@@ -55,34 +55,50 @@ def encode_update(
     raise ValueError(f"unknown compression {method!r}")
 
 
+VALUE_TAGS = ("", "bf16", "q", "idx")  # the tags whose entry carries a tensor's value
+SIDE_TAGS = ("scale", "val", "block")  # entries that travel beside a value
+
+
+def payload_names(payload: Mapping[str, np.ndarray]) -> list[str]:
+    """The tensor names a payload carries, in its order; ValueError on an unknown encoding."""
+    names = []
+    for key in payload:
+        name, _, tag = key.partition("@")
+        if tag in VALUE_TAGS:
+            names.append(name)
+        elif tag not in SIDE_TAGS:
+            raise ValueError(f"update tensor {key!r}: unknown encoding {tag!r}")
+    return names
+
+
+def decode_tensor(
+    payload: Mapping[str, np.ndarray], reference: Mapping[str, np.ndarray], name: str
+) -> np.ndarray:
+    """The float32 weights of one tensor `name` of a payload (deltas are added to its
+    `reference`): an update can be decoded, checked and averaged a tensor at a time."""
+    if name in payload:
+        return np.asarray(payload[name], np.float32)
+    if f"{name}@bf16" in payload:
+        return _from_bf16_bits(payload[f"{name}@bf16"])
+    if name not in reference:
+        raise ValueError(f"update tensor {name!r} is not in the global model")
+    ref = np.asarray(reference[name], np.float32)
+    if f"{name}@q" in payload:
+        block = int(np.asarray(payload[f"{name}@block"]).reshape(-1)[0])
+        return ref + dequantize_int8(
+            payload[f"{name}@q"], payload[f"{name}@scale"], block, ref.shape
+        )
+    dense = ref.copy().reshape(-1)
+    idx = np.asarray(payload[f"{name}@idx"], np.int64)
+    if idx.size and (idx.min() < 0 or idx.max() >= dense.size):
+        raise ValueError(f"update tensor {name!r}: top-k index out of range")
+    dense[idx] += np.asarray(payload[f"{name}@val"], np.float32)
+    return dense.reshape(ref.shape)
+
+
 def decode_update(payload: Mapping[str, np.ndarray], reference: Mapping[str, np.ndarray]) -> Arrays:
     """Full float32 weights from any payload above (deltas are added to `reference`)."""
-    out: Arrays = {}
-    for key, value in payload.items():
-        name, _, tag = key.partition("@")
-        ref = np.asarray(reference[name], np.float32) if name in reference else None
-        if tag == "":
-            out[name] = np.asarray(value, np.float32)
-        elif tag == "bf16":
-            out[name] = _from_bf16_bits(value)
-        elif tag == "q":
-            if ref is None:
-                raise ValueError(f"update tensor {name!r} is not in the global model")
-            block = int(np.asarray(payload[f"{name}@block"]).reshape(-1)[0])
-            delta = dequantize_int8(value, payload[f"{name}@scale"], block, ref.shape)
-            out[name] = ref + delta
-        elif tag == "idx":
-            if ref is None:
-                raise ValueError(f"update tensor {name!r} is not in the global model")
-            dense = ref.copy().reshape(-1)
-            idx = np.asarray(value, np.int64)
-            if idx.size and (idx.min() < 0 or idx.max() >= dense.size):
-                raise ValueError(f"update tensor {name!r}: top-k index out of range")
-            dense[idx] += np.asarray(payload[f"{name}@val"], np.float32)
-            out[name] = dense.reshape(ref.shape)
-        elif tag not in ("scale", "val", "block"):
-            raise ValueError(f"update tensor {key!r}: unknown encoding {tag!r}")
-    return out
+    return {name: decode_tensor(payload, reference, name) for name in payload_names(payload)}
 
 
 def quantize_int8(delta: np.ndarray, block: int) -> tuple[np.ndarray, np.ndarray]:

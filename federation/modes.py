@@ -10,6 +10,8 @@ core's forward, cache and trainer work unchanged.
 
 from __future__ import annotations
 
+from collections.abc import Iterator, Mapping
+
 import numpy as np
 import torch
 from peft import LoraConfig, inject_adapter_in_model
@@ -48,6 +50,28 @@ def travelling_names(model: torch.nn.Module) -> list[str]:
 def get_arrays(model: torch.nn.Module, names: list[str]) -> dict[str, np.ndarray]:
     params = dict(model.named_parameters())
     return {name: params[name].detach().float().cpu().numpy().copy() for name in names}
+
+
+class ModelArrays(Mapping[str, np.ndarray]):
+    """The tensors `names` of a live model as float32 arrays, made one at a time when asked (a
+    float32 CPU parameter is a view, not a copy): an update is encoded from the model without a
+    second copy of the travelling part (1.95 GB at the 1B size for `top:8`). Read them before
+    the model changes."""
+
+    def __init__(self, model: torch.nn.Module, names: list[str]) -> None:
+        self._params = dict(model.named_parameters())
+        self._names = list(names)
+
+    def __getitem__(self, name: str) -> np.ndarray:
+        if name not in self._names:
+            raise KeyError(name)
+        return self._params[name].detach().float().cpu().numpy()
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._names)
+
+    def __len__(self) -> int:
+        return len(self._names)
 
 
 def set_arrays(model: torch.nn.Module, arrays: dict[str, np.ndarray], names: list[str]) -> None:

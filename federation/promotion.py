@@ -8,6 +8,7 @@ and finds entities in a smoke note. A rejected or broken candidate stays in `ver
 
 from __future__ import annotations
 
+import gc
 import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -51,6 +52,8 @@ def heldout_f1(
     windowing = package.meta["windowing"]
     annotator = Annotator(loaded, windowing["max_tokens"], windowing["context_tokens"])
     metrics = evaluate_predictions(notes, annotator.predict(notes))
+    del annotator, loaded
+    gc.collect()  # one scored model at a time: the next package loads into this memory
     return float(metrics["entity_strict"]["overall"]["f1"])
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import logging
 import os
 from pathlib import Path
@@ -60,6 +61,7 @@ def main(grid: Grid, context: Context) -> None:
     cfg = from_run_config(context.run_config)
     state_dir = Path(os.environ.get("APPLIANCE_STATE_DIR", Path.home() / ".cache" / "appliance"))
     names, initial = initial_global(cfg, state_dir)
+    gc.collect()  # the model loaded for the start holds reference cycles: free it before rounds
     _, strategy = build_strategy(cfg, names, initial)
     fit_workflow = None
     if cfg.secagg:

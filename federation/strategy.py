@@ -1,8 +1,8 @@
 """The consortium's Flower strategy: FedAvg or FedProx over the travelling part, with checks.
 
 Built on Flower's `FedAvg` (the legacy Strategy API, which SecAgg+ and the client-side DP
-wrappers work with). Each update is decoded (`compression.decode_update`) and checked
-(`updates.check_update`); a bad one is dropped and logged with its node, a declined one
+wrappers work with). Each update is decoded and checked a tensor at a time
+(`updates.check_payload`); a bad one is dropped and logged with its node, a declined one
 (privacy budget) is reported, and the round goes on with the rest. Under SecAgg+ the server
 only ever sees the weighted sum, so per-node checks are impossible there: SecAgg+'s clipping
 range bounds what any one node can contribute instead.
@@ -29,7 +29,7 @@ from flwr.server.strategy import FedAvg
 
 from federation.compression import wire_bytes
 from federation.config import FederationConfig
-from federation.updates import aggregate_round, downlink
+from federation.updates import Received, aggregate_round, downlink
 
 log = logging.getLogger(__name__)
 Arrays = dict[str, np.ndarray]
@@ -118,10 +118,7 @@ class ConsortiumStrategy(FedAvg):
                 log.warning("node %s sent an unreadable update: %s", proxy.node_id, err)
             up += sum(len(t) for t in res.parameters.tensors)
             replies.append((str(proxy.node_id), payload, res.num_examples, declined))
-        reference = {
-            k: v.astype(np.float32)
-            for k, v in downlink(self.global_arrays, self.cfg.compression).items()
-        }
+        reference = Received(self.global_arrays, self.cfg.compression)
         new, outcome = aggregate_round(reference, replies, self.cfg.update_norm_bound)
         for node, problems in outcome.rejected.items():
             log.warning("round %d: rejected node %s: %s", server_round, node, "; ".join(problems))

@@ -167,7 +167,7 @@ class HospitalNode:
         loss = self._fit(server_round, reference, overrides or {})
         if step is not None:
             self.ledger.commit(server_round, step)
-        new = modes.get_arrays(self.loaded.model, self.names)
+        new = modes.ModelArrays(self.loaded.model, self.names)  # read, tensor by tensor, now
         payload = encode_update(
             new,
             reference,

@@ -2,47 +2,59 @@
 
 Shared by the Flower strategy and the in-process simulation.
 
-An update is decoded to full float32 weights first (`compression.decode_update`), then checked:
-expected tensor names, shapes, float dtype, finite values, and the L2 norm of its change from the
-global weights under a bound. A failing update is dropped and the problems are reported with
-the node that sent it; the round goes on with the others.
+An update is decoded to float32 weights a tensor at a time (`compression.decode_tensor`) and
+checked: expected tensor names, shapes, float dtype, finite values, and the L2 norm of its change
+from the global weights under a bound. A failing update is dropped and the problems are reported
+with the node that sent it; the round goes on with the others. The accepted ones are averaged a
+tensor at a time too, so a round holds the nodes' payloads as they came, never all of them
+decoded at once.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
 
-from federation.compression import decode_update
+from federation.compression import decode_tensor, payload_names
 
 log = logging.getLogger(__name__)
 Arrays = dict[str, np.ndarray]
 
 
-def check_update(
-    update: Mapping[str, np.ndarray], reference: Mapping[str, np.ndarray], norm_bound: float
+def tensor_problems(name: str, value: np.ndarray, ref: np.ndarray) -> tuple[list[str], float]:
+    """(problems, squared L2 distance from `ref`) of one decoded tensor."""
+    if value.shape != ref.shape:
+        return [f"{name}: shape {value.shape} != {ref.shape}"], 0.0
+    if value.dtype.kind != "f":
+        return [f"{name}: dtype {value.dtype} is not floating point"], 0.0
+    if not np.isfinite(value).all():
+        return [f"{name}: NaN or Inf values"], 0.0
+    return [], float(np.square(value.astype(np.float64) - ref).sum())
+
+
+def check_payload(
+    payload: Mapping[str, np.ndarray], reference: Mapping[str, np.ndarray], norm_bound: float
 ) -> list[str]:
-    """Problems with a decoded update (empty when it is fine)."""
-    problems: list[str] = []
-    missing, extra = sorted(set(reference) - set(update)), sorted(set(update) - set(reference))
+    """Problems with an update (empty when it is fine), decoded and checked one tensor at a time:
+    at the 1B size a decoded update is 1.95 GB of float32, and a round holds one per node."""
+    problems = payload_dtype_problems(payload)
+    if problems:
+        return problems
+    names = payload_names(payload)
+    missing, extra = sorted(set(reference) - set(names)), sorted(set(names) - set(reference))
     if missing:
         problems.append(f"missing tensors {missing[:3]}{'...' if len(missing) > 3 else ''}")
     if extra:
         problems.append(f"unexpected tensors {extra[:3]}{'...' if len(extra) > 3 else ''}")
     squared = 0.0
-    for name in sorted(set(update) & set(reference)):
-        value, ref = np.asarray(update[name]), np.asarray(reference[name])
-        if value.shape != ref.shape:
-            problems.append(f"{name}: shape {value.shape} != {ref.shape}")
-        elif value.dtype.kind != "f":
-            problems.append(f"{name}: dtype {value.dtype} is not floating point")
-        elif not np.isfinite(value).all():
-            problems.append(f"{name}: NaN or Inf values")
-        else:
-            squared += float(np.square(value.astype(np.float64) - ref).sum())
+    for name in sorted(set(names) & set(reference)):
+        ref = np.asarray(reference[name])
+        found, distance = tensor_problems(name, decode_tensor(payload, reference, name), ref)
+        problems += found
+        squared += distance
     norm = squared**0.5
     if norm > norm_bound:
         problems.append(f"update norm {norm:.4g} above the bound {norm_bound:.4g}")
@@ -64,17 +76,43 @@ def downlink(global_arrays: Mapping[str, np.ndarray], compression: str) -> Array
     return {k: np.asarray(v).astype(dtype) for k, v in global_arrays.items()}
 
 
+class Received(Mapping[str, np.ndarray]):
+    """The weights the nodes received (`downlink`), as float32, made one tensor at a time when
+    asked for: the reference of the round's updates without a second copy of the model."""
+
+    def __init__(self, global_arrays: Mapping[str, np.ndarray], compression: str) -> None:
+        self._arrays = global_arrays
+        self._dtype = np.float32 if compression == "none" else np.float16
+
+    def __getitem__(self, name: str) -> np.ndarray:
+        return np.asarray(self._arrays[name]).astype(self._dtype).astype(np.float32)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._arrays)
+
+    def __len__(self) -> int:
+        return len(self._arrays)
+
+
 def weighted_average(updates: Sequence[tuple[Mapping[str, np.ndarray], int]]) -> Arrays:
     """FedAvg: the example-weighted mean of each tensor."""
+    return weighted_average_payloads(updates, {})  # plain weights need no reference
+
+
+def weighted_average_payloads(
+    updates: Sequence[tuple[Mapping[str, np.ndarray], int]], reference: Mapping[str, np.ndarray]
+) -> Arrays:
+    """FedAvg over encoded payloads (deltas against `reference`): each tensor is decoded from
+    every update, averaged and dropped before the next one."""
     total = sum(n for _, n in updates)
     if not updates or total <= 0:
         raise ValueError("nothing to aggregate: no accepted update with examples")
-    names = updates[0][0].keys()
     out: Arrays = {}
-    for name in names:
-        acc = np.zeros(np.shape(updates[0][0][name]), np.float64)
-        for update, n in updates:
-            acc += np.asarray(update[name], np.float64) * n
+    for name in payload_names(updates[0][0]):
+        first, n = updates[0]
+        acc = decode_tensor(first, reference, name).astype(np.float64) * n
+        for payload, n in updates[1:]:
+            acc += decode_tensor(payload, reference, name).astype(np.float64) * n
         out[name] = (acc / total).astype(np.float32)
     return out
 
@@ -102,9 +140,7 @@ def aggregate_round(
             outcome.declined[node] = declined
             continue
         try:
-            problems = payload_dtype_problems(payload)
-            update = decode_update(payload, global_arrays) if not problems else {}
-            problems = problems or check_update(update, global_arrays, norm_bound)
+            problems = check_payload(payload, global_arrays, norm_bound)
         except (ValueError, KeyError, TypeError) as err:
             problems = [f"undecodable update: {err}"]
         if problems or examples <= 0:
@@ -112,9 +148,9 @@ def aggregate_round(
             outcome.rejected[node] = problems
             log.warning("rejected the update of node %s: %s", node, "; ".join(problems))
             continue
-        kept.append((update, examples))
+        kept.append((payload, examples))
         outcome.accepted.append(node)
         outcome.examples += examples
     if not kept:
         return {k: np.asarray(v, np.float32) for k, v in global_arrays.items()}, outcome
-    return weighted_average(kept), outcome
+    return weighted_average_payloads(kept, global_arrays), outcome

@@ -94,8 +94,9 @@ class ServingConfig:
         default=True,
         metadata={
             "help": "give memory back to the OS whenever no work is admitted (ONNX Runtime "
-            "arena shrinkage, glibc malloc_trim), so resident memory returns near "
-            "idle after a large request (measured by benchmarks/serving_memory.py)"
+            "runs without its own arena; the heap's free pages are purged: jemalloc's purge or "
+            "glibc's malloc_trim), so resident memory returns near idle after a large "
+            "request (measured by benchmarks/serving_memory.py)"
         },
     )
     watch_interval_s: float = field(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Callable
+from functools import partial
 from wsgiref.simple_server import WSGIServer
 
 from prometheus_client import (
@@ -15,6 +16,8 @@ from prometheus_client import (
     ProcessCollector,
     start_http_server,
 )
+
+from serving import heap
 
 _LATENCY = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 _COUNTS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
@@ -77,6 +80,15 @@ class ServingMetrics:
             ["reason"],
             registry=r,
         )
+        self.heap = Gauge(
+            "appliance_ner_heap_bytes",
+            "C heap: bytes allocated by the program, and (jemalloc) resident with the "
+            "allocator's own free pages",
+            ["state"],
+            registry=r,
+        )
+        for state in heap.stats():
+            self.heap.labels(state).set_function(partial(_heap_bytes, state))
         self.watch_gpu()
 
     def watch_gpu(self) -> None:
@@ -101,3 +113,7 @@ class ServingMetrics:
         """Start the exporter on host:port (0: any free port); read the port from the result."""
         server, _ = start_http_server(port, addr=host, registry=self.registry)
         return server
+
+
+def _heap_bytes(state: str) -> float:
+    return float(heap.stats().get(state, 0))

@@ -2,7 +2,7 @@
 
 Opt in with `pytest --scale` (tests marked `scale`): the checkpoint is 2.5 GB (written once into
 the state dir by benchmarks/llama_1b_shape.py and reused), training and the ONNX export each take
-minutes and up to ~17 GB of memory on the 2-core, 24 GB machine (benchmarks/results/scale.md).
+minutes and up to ~13 GB of memory on the 2-core, 24 GB machine (benchmarks/results/scale.md).
 """
 
 from __future__ import annotations

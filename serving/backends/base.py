@@ -8,8 +8,6 @@ spans with `appliance.inference.assemble`. A backend only runs the network.
 
 from __future__ import annotations
 
-import ctypes
-import ctypes.util
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -20,6 +18,7 @@ import numpy as np
 from transformers import PreTrainedTokenizerBase
 
 from appliance.encoding import EncodedWindow
+from serving import heap
 
 
 @dataclass(frozen=True)
@@ -30,16 +29,6 @@ class BackendOptions:
     base: str | None = None  # where IT put the base weights on this box (default: package's)
     threads: int = 0  # intra-op threads (0: the runtime's default)
     release_memory: bool = True  # give model-run memory back to the OS when the queue is idle
-
-
-def trim_heap() -> bool:
-    """Return the C heap's free pages to the OS (glibc `malloc_trim`); False where unavailable."""
-    name = ctypes.util.find_library("c")
-    try:
-        libc = ctypes.CDLL(name) if name else None
-        return bool(libc is not None and libc.malloc_trim(0))
-    except (OSError, AttributeError):
-        return False
 
 
 class BackendError(RuntimeError):
@@ -79,10 +68,11 @@ class Backend(ABC):
         thread, when no work is admitted).
 
         Activations and a request's windows are freed when it ends, but the C heap keeps the
-        pages; without this a process stays at the resident size of its largest request.
+        pages until trimmed (`serving.heap.trim`); without this a process stays at the resident
+        size of its largest request.
         """
         if self.options.release_memory:
-            trim_heap()
+            heap.trim()
 
     def close(self) -> None:  # noqa: B027 - optional hook, most backends free on collection
         """Release memory held by the model (after a swap drained the old version)."""

@@ -14,8 +14,9 @@ graph fusions once offline.
 - `onnx-int4`: every decoder MatMul becomes MatMulNBits, 4-bit asymmetric weights in blocks of 32
   along K (ONNX Runtime's MatMulNBits quantizer). `accuracy_level` 0 computes in fp32: on the
   Xeon we measured, level 4 (int8 compute) ran at 0.68x its speed on windows of ~250 tokens.
-- `onnx-int8`: the attention projections and the MLP's gate/up MatMuls become
-  DynamicQuantizeMatMul (int8 per-channel weights, activations quantized per batch), which ONNX
+- `onnx-int8`: the attention projections and the MLP's gate/up MatMuls become int8 per-channel
+  weights with activations quantized per batch (MatMulIntegerToFloat or DynamicQuantizeMatMul,
+  as ONNX Runtime's dynamic quantizer and fusions make them: `dynamic_int8`), which ONNX
   Runtime runs on VNNI/AMX int8 instructions; `down_proj` stays weight-only 4-bit (MatMulNBits),
   because its input carries the outlier activations per-tensor int8 cannot hold (all-int8 cost
   4.9 F1 points on BC5CDR; see benchmarks/results/onnx_recipes.md).
@@ -33,8 +34,11 @@ import signal
 import subprocess
 import sys
 import time
+from collections import Counter
 from pathlib import Path
 from typing import Any
+
+import numpy as np
 
 from appliance.package_meta import verified_weights_sha256
 from appliance.registry import EXPORT_INFO
@@ -64,6 +68,8 @@ RECIPES: dict[str, dict[str, Any]] = {
 }
 MODEL_FILE = "model.onnx"
 FP32_FILE = "model.fp32.onnx"  # in the export's work folder, removed once quantized
+MS = "com.microsoft"  # ONNX Runtime's contrib operators
+QUANTIZED = ("quantized", "scale", "zero_point")  # suffixes of an int8 value's three tensors
 INFO_FILE = EXPORT_INFO  # the registry prunes an export by the version this file names
 TOKENIZER_DIR = "tokenizer"
 
@@ -176,19 +182,11 @@ def _trace_fp32(*args: Any) -> dict:
 
 
 def _quantize(work: Path, out: Path, recipe: dict[str, Any]) -> None:
-    """fp32 ONNX in `work` -> the recipe's weights (head kept fp32), ONNX Runtime's fusions run
+    """fp32 ONNX in `work` -> the recipe's weights (`quantize_file`), ONNX Runtime's fusions run
     once offline, the result written to `out`; then `work` and every file in it is removed."""
-    import onnx
     import onnxruntime as ort
 
-    source = work / FP32_FILE
-    names = [n.name for n in onnx.load(str(source), load_external_data=False).graph.node]
-    head = [name for name in names if "/score/" in name]
-    if recipe["matmul"] == "int8-dynamic":
-        int4 = [n for n in names if any(f"/{part}/" in n for part in recipe["int4_matmuls"])]
-        _dynamic_int8(source, work / "model.int8.onnx", head + int4)
-        source = work / "model.int8.onnx"
-    _nbits(source, work / "model.q.onnx", ("MatMul", "Gather"), head, recipe)
+    quantize_file(work / FP32_FILE, work / "model.q.onnx", recipe)
     options = ort.SessionOptions()
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED
     options.optimized_model_filepath = str(out / MODEL_FILE)
@@ -196,27 +194,106 @@ def _quantize(work: Path, out: Path, recipe: dict[str, Any]) -> None:
     shutil.rmtree(work)
 
 
-def _dynamic_int8(source: Path, target: Path, exclude: list[str]) -> None:
-    """Constant-weight MatMuls -> int8 per-channel weights, activations quantized per batch."""
-    from onnxruntime.quantization import QuantType, quantize_dynamic
+def quantize_file(source: Path, target: Path, recipe: dict[str, Any]) -> None:
+    """The traced fp32 model `source` with the recipe's weights (the head kept fp32), written
+    whole to `target` in the same folder.
 
-    quantize_dynamic(
-        str(source),
-        str(target),
-        weight_type=QuantType.QInt8,
-        per_channel=True,
-        op_types_to_quantize=["MatMul"],
-        nodes_to_exclude=exclude,
-        extra_options={"MatMulConstBOnly": True},
-        use_external_data_format=True,  # over 2 GB at the 1B size (fp32 embedding, down_proj)
-    )
-
-
-def _nbits(
-    source: Path, target: Path, ops: tuple[str, ...], exclude: list[str], recipe: dict[str, Any]
-) -> None:
-    """4-bit blocks for `ops` (MatMul -> MatMulNBits, Gather -> GatherBlockQuantized)."""
+    The fp32 weights stay in the files the trace wrote beside `source`: the graph is loaded
+    without them and each weight is read only while it is quantized, so this process holds the
+    quantized model and one fp32 tensor, never the fp32 model. Quantization reads them relative
+    to the model's folder, this process's working directory meanwhile (an export has a process
+    of its own)."""
     import onnx
+    from onnx.external_data_helper import load_external_data_for_model
+
+    model = onnx.load(str(source), load_external_data=False)
+    names = [n.name for n in model.graph.node]
+    head = [name for name in names if "/score/" in name]
+    here = Path.cwd()
+    os.chdir(source.parent)
+    try:
+        if recipe["matmul"] == "int8-dynamic":
+            int4 = [n for n in names if any(f"/{part}/" in n for part in recipe["int4_matmuls"])]
+            dynamic_int8(model, source.parent, head + int4)
+        model = _nbits(model, ("MatMul", "Gather"), head, recipe)  # the MatMuls left
+        load_external_data_for_model(model, str(source.parent))  # what stays fp32: head, norms
+        onnx.save_model(model, str(target))
+    finally:
+        os.chdir(here)
+
+
+def dynamic_int8(model: Any, folder: Path, exclude: list[str]) -> None:
+    """Constant-weight MatMuls of `model` (its external data in `folder`) -> int8, as ONNX
+    Runtime's `quantize_dynamic` (QInt8 weights per output channel, symmetric: scale
+    max|w|/127 rounded to fp32, values rounded half to even) and its fusions make them: one
+    DynamicQuantizeLinear per activation, shared by the MatMulIntegerToFloats that read it, or
+    a DynamicQuantizeMatMul where one MatMul alone reads it. Unlike `quantize_dynamic`, it reads
+    one weight at a time instead of loading the whole fp32 model."""
+    from onnx import helper
+
+    graph = model.graph
+    weights = {init.name: init for init in graph.initializer}
+    chosen = {
+        node.name: node.input[0]
+        for node in graph.node
+        if node.op_type == "MatMul"
+        and node.name not in exclude
+        and len(getattr(weights.get(node.input[1]), "dims", ())) == 2
+    }
+    readers = Counter(chosen.values())
+    activations: dict[str, list[str]] = {}  # fp32 input -> its int8 value, scale, zero point
+    nodes = []
+    for node in graph.node:
+        if node.name not in chosen:
+            nodes.append(node)
+            continue
+        source, name = node.input[0], f"{node.name}_quant"
+        b_value, b_scale, b_zero = _int8_weight(graph, weights[node.input[1]], folder)
+        if readers[source] == 1:
+            inputs = [source, b_value, b_scale, b_zero]
+            op = "DynamicQuantizeMatMul"
+        else:
+            if source not in activations:
+                activations[source] = [f"{source}_{part}" for part in QUANTIZED]
+                op, quantize = "DynamicQuantizeLinear", f"{source}_QuantizeLinear"
+                nodes.append(helper.make_node(op, [source], activations[source], quantize))
+            a_value, a_scale, a_zero = activations[source]
+            inputs = [a_value, b_value, a_scale, b_scale, a_zero, b_zero]
+            op = "MatMulIntegerToFloat"
+        nodes.append(helper.make_node(op, inputs, node.output, name, domain=MS))
+    del graph.node[:]
+    graph.node.extend(nodes)
+    used = {name for node in graph.node for name in node.input}
+    kept = [init for init in graph.initializer if init.name in used]
+    del graph.initializer[:]
+    graph.initializer.extend(kept)
+
+
+def _int8_weight(graph: Any, weight: Any, folder: Path) -> list[str]:
+    """Add the int8 form of the (K, N) fp32 initializer `weight` to `graph`; its three names."""
+    from onnx import numpy_helper
+
+    values, scale = _int8_per_channel(numpy_helper.to_array(weight, base_dir=str(folder)))
+    names = [f"{weight.name}_{part}" for part in QUANTIZED]
+    zero = np.zeros_like(scale, np.int8)
+    graph.initializer.extend(
+        numpy_helper.from_array(array, name)
+        for array, name in zip((values, scale, zero), names, strict=True)
+    )
+    return names
+
+
+def _int8_per_channel(weight: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(int8 values, fp32 scale per column) of a (K, N) MatMul weight."""
+    absmax = np.abs(weight).max(axis=0).astype(np.float64)
+    scale = (2 * absmax / 254).astype(np.float32)
+    scale[scale < np.finfo(np.float32).tiny] = 1.0
+    values = np.clip(np.round(weight / scale), -127, 127).astype(np.int8)
+    return values, scale
+
+
+def _nbits(model: Any, ops: tuple[str, ...], exclude: list[str], recipe: dict[str, Any]) -> Any:
+    """4-bit blocks for `ops` (MatMul -> MatMulNBits, Gather -> GatherBlockQuantized)."""
     from onnxruntime.quantization.matmul_nbits_quantizer import (
         DefaultWeightOnlyQuantConfig,
         MatMulNBitsQuantizer,
@@ -230,11 +307,10 @@ def _nbits(
         quant_axes=(("MatMul", 0), ("Gather", 1)),
         bits=4,
     )
-    quantizer = MatMulNBitsQuantizer(
-        onnx.load(str(source)), nodes_to_exclude=exclude, algo_config=config
-    )
-    quantizer.process()
-    quantizer.model.save_model_to_file(str(target), use_external_data_format=False)
+    quantizer = MatMulNBitsQuantizer(model, nodes_to_exclude=exclude, algo_config=config)
+    quantizer.process()  # also declares the com.microsoft opset DynamicQuantizeMatMul needs
+    quantizer.model.topological_sort()
+    return quantizer.model.model
 
 
 def export(
@@ -242,6 +318,7 @@ def export(
 ) -> dict:
     """Write the export directory `target` (atomically); returns what export.json records."""
     started = time.monotonic()
+    target = target.absolute()  # the quantizer changes the working directory for a while
     tmp = partial_dir(target, os.getpid())
     shutil.rmtree(tmp, ignore_errors=True)
     try:

@@ -28,10 +28,11 @@ class TransposedLinear(torch.nn.Module):
 def transpose_linears(model: torch.nn.Module) -> None:
     """Replace each `torch.nn.Linear` in `model` by a `TransposedLinear` of the same weights, one
     at a time, so one layer's weight is held twice at most."""
-    linears = [(n, m) for n, m in model.named_modules() if type(m) is torch.nn.Linear]
-    for name, linear in linears:
+    names = [n for n, m in model.named_modules() if type(m) is torch.nn.Linear]
+    for name in names:  # names only: a list of the modules would keep every replaced weight
         parent, _, attr = name.rpartition(".")
-        setattr(model.get_submodule(parent), attr, TransposedLinear(linear))
+        owner = model.get_submodule(parent)
+        setattr(owner, attr, TransposedLinear(getattr(owner, attr)))
 
 
 class LogProbs(torch.nn.Module):
@@ -54,14 +55,14 @@ def trace_fp32(
     tokenizer_dir: Path,
     opset: int,
 ) -> dict:
-    """Trace the packaged model to the ONNX file `target` (over 2 GB, torch writes one file per
-    tensor beside it) and save its tokenizer in `tokenizer_dir`; returns the labels and pad id.
+    """Trace the packaged model to the ONNX file `target`, its weights in files beside it, and
+    save its tokenizer in `tokenizer_dir`; returns the labels and pad id.
 
     Every linear layer is traced as one MatMul on its weight stored transposed, so the graph's
     initializers are the model's own tensors. Traced as `x @ W.T`, the exporter folds each
     transpose into a second copy of the weight: 2x the fp32 model at the 1B size.
     """
-    loaded, _ = load_packaged_model(package_path, state_dir, base)
+    loaded = load_packaged_model(package_path, state_dir, base)[0]
     loaded.tokenizer.save_pretrained(str(tokenizer_dir))
     transpose_linears(loaded.model)
     module = LogProbs(loaded.model).eval()
@@ -80,4 +81,27 @@ def trace_fp32(
             dynamic_axes={"input_ids": axes, "attention_mask": axes, "log_probs": axes},
             opset_version=opset,
         )
-    return {"labels": list(loaded.labels), "pad_id": int(loaded.tokenizer.pad_token_id)}
+    labels, pad_id = list(loaded.labels), int(loaded.tokenizer.pad_token_id)
+    del loaded, module
+    weights_apart(target)
+    return {"labels": labels, "pad_id": pad_id}
+
+
+def weights_apart(model_file: Path) -> None:
+    """Move the initializers of a model written whole (under 2 GB, torch writes them inline)
+    to a file beside it, as torch writes a larger model's: the quantization that follows reads
+    one weight at a time from there, at every size."""
+    import onnx
+    from onnx.external_data_helper import uses_external_data
+
+    model = onnx.load(str(model_file), load_external_data=False)
+    if any(uses_external_data(init) for init in model.graph.initializer):
+        return
+    onnx.save_model(
+        model,
+        str(model_file),
+        save_as_external_data=True,
+        all_tensors_to_one_file=True,
+        location=model_file.name + ".data",
+        size_threshold=1024,
+    )

@@ -62,3 +62,30 @@ def test_malformed_payloads_are_refused():
         decode_update(bad, REF)
     with pytest.raises(ValueError, match="unknown encoding"):
         decode_update({"w@zip": np.zeros(1)}, REF)
+
+
+@pytest.mark.parametrize("method", ["none", "fp16", "int8"])
+def test_an_update_is_encoded_from_the_live_model_and_owns_its_memory(method: str):
+    """Encoded straight from the model's parameters (views, no copy of the travelling part),
+    the payload must not change when the model trains on."""
+    import torch
+
+    from federation.modes import ModelArrays, get_arrays
+
+    model = torch.nn.Linear(96, 256)
+    names = ["weight", "bias"]
+    with torch.no_grad():
+        model.weight.copy_(torch.from_numpy(NEW["w"]))
+    live = ModelArrays(model, names)
+    assert list(live) == names and len(live) == 2
+    assert np.shares_memory(live["weight"], model.weight.detach().numpy())
+    reference = {k: v + 0.01 for k, v in get_arrays(model, names).items()}
+    payload = encode_update(live, reference, method)
+    before = decode_update(payload, reference)
+    with torch.no_grad():
+        model.weight.add_(1.0)
+    after = decode_update(payload, reference)
+    for name in names:
+        np.testing.assert_array_equal(before[name], after[name])
+    with pytest.raises(KeyError, match="nothing"):
+        live["nothing"]

@@ -185,5 +185,6 @@ def test_exporter_serves_the_metrics(server: NerServer, client: NerClient) -> No
         "appliance_ner_model_swap_failures_total",
         "process_resident_memory_bytes",
         "process_cpu_seconds_total",
+        'appliance_ner_heap_bytes{state="allocated"}',
     ):
         assert name in body, name
