@@ -60,9 +60,9 @@ app = ServerApp()
 def main(grid: Grid, context: Context) -> None:
     cfg = from_run_config(context.run_config)
     state_dir = Path(os.environ.get("APPLIANCE_STATE_DIR", Path.home() / ".cache" / "appliance"))
-    names, initial = initial_global(cfg, state_dir)
+    # No name keeps the initial weights here: the strategy replaces its copy every round.
+    _, strategy = build_strategy(cfg, *initial_global(cfg, state_dir))
     gc.collect()  # the model loaded for the start holds reference cycles: free it before rounds
-    _, strategy = build_strategy(cfg, names, initial)
     fit_workflow = None
     if cfg.secagg:
         fit_workflow = SecAggPlusWorkflow(
