@@ -32,6 +32,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
+from benchmarks import soak_server  # noqa: E402
 from benchmarks.fuzz_cases import (  # noqa: E402
     Case,
     clinical_fragments,
@@ -54,11 +55,8 @@ MIX = {"generated-analyze": 0.6, "generated-batch": 0.2, "generated-stream": 0.2
 
 
 def rss_mb(pid: int) -> float:
-    """A process's resident memory now (VmRSS), in MB."""
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    return 0.0
+    """A process's resident memory now (VmRSS), in MB; 0 when it has gone."""
+    return soak_server.rss_mb(pid) or 0.0
 
 
 class RssSampler:

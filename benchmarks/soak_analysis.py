@@ -269,32 +269,38 @@ def rss_rows(
     return rows
 
 
+def _at_rest(samples: Sequence[Sample], window: tuple[float, float]) -> list[Sample]:
+    """The samples of the second half of a window without load, once the server has released
+    what the last requests used."""
+    start, end = window
+    return [s for s in samples if (start + end) / 2 <= s.at <= end]
+
+
+def _median(values: Sequence[float]) -> float:
+    return sorted(values)[len(values) // 2]
+
+
 def rest_rss(
     samples: Sequence[Sample], window: tuple[float, float]
 ) -> tuple[int, float, float | None] | None:
-    """(pid, median RSS MB, median anonymous MB or None where not sampled) over the second half
-    of a window without load, once the server has released what the last requests used; None
-    without samples there."""
-    start, end = window
-    late = [s for s in samples if (start + end) / 2 <= s.at <= end]
+    """(pid, median RSS MB, median anonymous MB or None where not sampled) at rest in `window`
+    (`_at_rest`); None without samples there."""
+    late = _at_rest(samples, window)
     if not late:
         return None
-    sizes = sorted(s.rss_mb for s in late)
-    anon = sorted(s.anon_mb for s in late if s.anon_mb is not None)
-    return late[-1].pid, sizes[len(sizes) // 2], anon[len(anon) // 2] if anon else None
+    anon = [s.anon_mb for s in late if s.anon_mb is not None]
+    return late[-1].pid, _median([s.rss_mb for s in late]), _median(anon) if anon else None
 
 
 def rest_heap(samples: Sequence[Sample], window: tuple[float, float]) -> dict[str, float]:
-    """Median C heap MB by state (allocated, resident) over the second half of a window without
-    load, as the server's exporter reported it ({} where it did not)."""
-    start, end = window
-    late = [s for s in samples if (start + end) / 2 <= s.at <= end]
+    """Median C heap MB by state (allocated, resident) at rest in `window`, as the server's
+    exporter reported it ({} where it did not)."""
     found: dict[str, list[float]] = {}
-    for sample in late:
+    for sample in _at_rest(samples, window):
         for name, value in sample.metrics.items():
             if name.startswith(f"{HEAP}:"):
                 found.setdefault(name.split(":", 1)[1], []).append(value / 2**20)
-    return {state: sorted(v)[len(v) // 2] for state, v in found.items()}
+    return {state: _median(values) for state, values in found.items()}
 
 
 def swap_rss(

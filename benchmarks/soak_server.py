@@ -119,8 +119,8 @@ class Sample:
 
 def rss_mb(pid: int) -> float | None:
     """VmRSS of `pid` in MB (None when it has gone)."""
-    kb = status_kb(pid, ("VmRSS",)).get("VmRSS")
-    return None if kb is None else kb / 1024
+    sizes = rss_anon_mb(pid)
+    return None if sizes is None else sizes[0]
 
 
 def rss_anon_mb(pid: int) -> tuple[float, float] | None:

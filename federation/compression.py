@@ -72,17 +72,18 @@ def payload_names(payload: Mapping[str, np.ndarray]) -> list[str]:
 
 
 def decode_tensor(
-    payload: Mapping[str, np.ndarray], reference: Mapping[str, np.ndarray], name: str
+    payload: Mapping[str, np.ndarray], name: str, ref: np.ndarray | None
 ) -> np.ndarray:
-    """The float32 weights of one tensor `name` of a payload (deltas are added to its
-    `reference`): an update can be decoded, checked and averaged a tensor at a time."""
+    """The float32 weights of one tensor `name` of a payload (deltas are added to `ref`, its
+    global weights; None where the global model has no such tensor): an update can be decoded,
+    checked and averaged a tensor at a time."""
     if name in payload:
         return np.asarray(payload[name], np.float32)
     if f"{name}@bf16" in payload:
         return _from_bf16_bits(payload[f"{name}@bf16"])
-    if name not in reference:
+    if ref is None:
         raise ValueError(f"update tensor {name!r} is not in the global model")
-    ref = np.asarray(reference[name], np.float32)
+    ref = np.asarray(ref, np.float32)
     if f"{name}@q" in payload:
         block = int(np.asarray(payload[f"{name}@block"]).reshape(-1)[0])
         return ref + dequantize_int8(
@@ -98,7 +99,7 @@ def decode_tensor(
 
 def decode_update(payload: Mapping[str, np.ndarray], reference: Mapping[str, np.ndarray]) -> Arrays:
     """Full float32 weights from any payload above (deltas are added to `reference`)."""
-    return {name: decode_tensor(payload, reference, name) for name in payload_names(payload)}
+    return {n: decode_tensor(payload, n, reference.get(n)) for n in payload_names(payload)}
 
 
 def quantize_int8(delta: np.ndarray, block: int) -> tuple[np.ndarray, np.ndarray]:

@@ -48,8 +48,8 @@ def travelling_names(model: torch.nn.Module) -> list[str]:
 
 
 def get_arrays(model: torch.nn.Module, names: list[str]) -> dict[str, np.ndarray]:
-    params = dict(model.named_parameters())
-    return {name: params[name].detach().float().cpu().numpy().copy() for name in names}
+    """Copies of the tensors `names` of `model`, as float32 arrays."""
+    return {name: np.array(value) for name, value in ModelArrays(model, names).items()}
 
 
 class ModelArrays(Mapping[str, np.ndarray]):
@@ -59,19 +59,17 @@ class ModelArrays(Mapping[str, np.ndarray]):
     the model changes."""
 
     def __init__(self, model: torch.nn.Module, names: list[str]) -> None:
-        self._params = dict(model.named_parameters())
-        self._names = list(names)
+        params = dict(model.named_parameters())
+        self._params = {name: params[name] for name in names}  # in the order of `names`
 
     def __getitem__(self, name: str) -> np.ndarray:
-        if name not in self._names:
-            raise KeyError(name)
         return self._params[name].detach().float().cpu().numpy()
 
     def __iter__(self) -> Iterator[str]:
-        return iter(self._names)
+        return iter(self._params)
 
     def __len__(self) -> int:
-        return len(self._names)
+        return len(self._params)
 
 
 def set_arrays(model: torch.nn.Module, arrays: dict[str, np.ndarray], names: list[str]) -> None:

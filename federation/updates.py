@@ -52,7 +52,7 @@ def check_payload(
     squared = 0.0
     for name in sorted(set(names) & set(reference)):
         ref = np.asarray(reference[name])
-        found, distance = tensor_problems(name, decode_tensor(payload, reference, name), ref)
+        found, distance = tensor_problems(name, decode_tensor(payload, name, ref), ref)
         problems += found
         squared += distance
     norm = squared**0.5
@@ -70,9 +70,14 @@ def payload_dtype_problems(payload: Mapping[str, np.ndarray]) -> list[str]:
     ]
 
 
+def _sent_dtype(compression: str) -> type[np.floating]:
+    """The server sends fp32 weights, or fp16 when the run compresses updates."""
+    return np.float32 if compression == "none" else np.float16
+
+
 def downlink(global_arrays: Mapping[str, np.ndarray], compression: str) -> Arrays:
-    """What the server sends: fp32 weights, or fp16 when the run compresses updates."""
-    dtype = np.float32 if compression == "none" else np.float16
+    """What the server sends (`_sent_dtype`)."""
+    dtype = _sent_dtype(compression)
     return {k: np.asarray(v).astype(dtype) for k, v in global_arrays.items()}
 
 
@@ -82,7 +87,7 @@ class Received(Mapping[str, np.ndarray]):
 
     def __init__(self, global_arrays: Mapping[str, np.ndarray], compression: str) -> None:
         self._arrays = global_arrays
-        self._dtype = np.float32 if compression == "none" else np.float16
+        self._dtype = _sent_dtype(compression)
 
     def __getitem__(self, name: str) -> np.ndarray:
         return np.asarray(self._arrays[name]).astype(self._dtype).astype(np.float32)
@@ -94,25 +99,22 @@ class Received(Mapping[str, np.ndarray]):
         return len(self._arrays)
 
 
-def weighted_average(updates: Sequence[tuple[Mapping[str, np.ndarray], int]]) -> Arrays:
-    """FedAvg: the example-weighted mean of each tensor."""
-    return weighted_average_payloads(updates, {})  # plain weights need no reference
-
-
 def weighted_average_payloads(
     updates: Sequence[tuple[Mapping[str, np.ndarray], int]], reference: Mapping[str, np.ndarray]
 ) -> Arrays:
-    """FedAvg over encoded payloads (deltas against `reference`): each tensor is decoded from
-    every update, averaged and dropped before the next one."""
+    """FedAvg, the example-weighted mean of each tensor, over encoded payloads (deltas against
+    `reference`; plain weights need none): each tensor is decoded from every update, averaged
+    and dropped before the next one."""
     total = sum(n for _, n in updates)
     if not updates or total <= 0:
         raise ValueError("nothing to aggregate: no accepted update with examples")
     out: Arrays = {}
     for name in payload_names(updates[0][0]):
+        ref = reference.get(name)  # made once per tensor, for every update
         first, n = updates[0]
-        acc = decode_tensor(first, reference, name).astype(np.float64) * n
+        acc = decode_tensor(first, name, ref).astype(np.float64) * n
         for payload, n in updates[1:]:
-            acc += decode_tensor(payload, reference, name).astype(np.float64) * n
+            acc += decode_tensor(payload, name, ref).astype(np.float64) * n
         out[name] = (acc / total).astype(np.float32)
     return out
 

@@ -10,7 +10,6 @@ from the process's own symbols (`mallctl` exists only when jemalloc is loaded).
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 from functools import lru_cache
 
 _ALL_ARENAS = 4096  # jemalloc's MALLCTL_ARENAS_ALL
@@ -36,7 +35,12 @@ class _MallInfo2(ctypes.Structure):
 
 @lru_cache(maxsize=1)
 def _process() -> ctypes.CDLL:
-    return ctypes.CDLL(None)
+    """The process's own symbols: jemalloc's when it is preloaded, glibc's in any case (found
+    once: the heap is trimmed whenever the serving queue empties)."""
+    process = ctypes.CDLL(None)
+    if hasattr(process, "mallinfo2"):
+        process.mallinfo2.restype = _MallInfo2
+    return process
 
 
 @lru_cache(maxsize=1)
@@ -44,8 +48,7 @@ def allocator() -> str:
     """ "jemalloc", "glibc" or "unknown": the malloc this process runs on."""
     if hasattr(_process(), "mallctl"):
         return "jemalloc"
-    name = ctypes.util.find_library("c")
-    if name and hasattr(ctypes.CDLL(name), "mallinfo2"):
+    if hasattr(_process(), "mallinfo2"):
         return "glibc"
     return "unknown"
 
@@ -57,7 +60,7 @@ def trim() -> bool:
             purge = f"arena.{_ALL_ARENAS}.purge".encode()
             return _process().mallctl(purge, None, None, None, ctypes.c_size_t(0)) == 0
         if allocator() == "glibc":
-            return bool(ctypes.CDLL(ctypes.util.find_library("c")).malloc_trim(0))
+            return bool(_process().malloc_trim(0))
     except (OSError, AttributeError):
         pass
     return False
@@ -85,9 +88,7 @@ def stats() -> dict[str, int]:
                 "resident": _jemalloc_stat("stats.resident"),
             }
         if allocator() == "glibc":
-            libc = ctypes.CDLL(ctypes.util.find_library("c"))
-            libc.mallinfo2.restype = _MallInfo2
-            info = libc.mallinfo2()
+            info = _process().mallinfo2()
             return {"allocated": info.uordblks + info.hblkhd}  # its free chunks may be trimmed
     except (OSError, AttributeError):
         pass

@@ -253,10 +253,15 @@ def dynamic_int8(model: Any, folder: Path, exclude: list[str]) -> None:
             inputs = [source, b_value, b_scale, b_zero]
             op = "DynamicQuantizeMatMul"
         else:
-            if source not in activations:
+            if source not in activations:  # quantized once, for every MatMul reading it
                 activations[source] = [f"{source}_{part}" for part in QUANTIZED]
-                op, quantize = "DynamicQuantizeLinear", f"{source}_QuantizeLinear"
-                nodes.append(helper.make_node(op, [source], activations[source], quantize))
+                quantize = helper.make_node(
+                    "DynamicQuantizeLinear",
+                    [source],
+                    activations[source],
+                    f"{source}_QuantizeLinear",
+                )
+                nodes.append(quantize)
             a_value, a_scale, a_zero = activations[source]
             inputs = [a_value, b_value, a_scale, b_scale, a_zero, b_zero]
             op = "MatMulIntegerToFloat"

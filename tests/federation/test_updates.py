@@ -12,7 +12,7 @@ import pytest
 
 from federation import strategy
 from federation.compression import decode_update, encode_update
-from federation.updates import Received, aggregate_round, downlink, weighted_average
+from federation.updates import Received, aggregate_round, downlink, weighted_average_payloads
 
 GLOBAL = {"a": np.zeros((2, 3), np.float32), "b": np.ones(4, np.float32)}
 
@@ -22,7 +22,7 @@ def _good(shift: float) -> dict[str, np.ndarray]:
 
 
 def test_weighted_average_weights_by_examples():
-    out = weighted_average([(_good(1.0), 1), (_good(4.0), 3)])
+    out = weighted_average_payloads([(_good(1.0), 1), (_good(4.0), 3)], {})
     np.testing.assert_allclose(out["a"], np.full((2, 3), 3.25))
 
 
