@@ -12,6 +12,7 @@ the first --notes BC5CDR training sentences; it prints one JSON line (tokens/s, 
 from __future__ import annotations
 
 import argparse
+import datetime as dt
 import json
 import os
 import sys
@@ -29,7 +30,7 @@ from demo.consortium import Consortium  # noqa: E402
 from demo.federated import one_core_each  # noqa: E402
 from federation.config import FederationConfig  # noqa: E402
 from federation.deploy import make_certificates  # noqa: E402
-from federation.journal import read_journal  # noqa: E402
+from federation.journal import JournalEntry, read_journal  # noqa: E402
 
 TRAIN = ROOT / "data" / "bc5cdr" / "train.tsv"
 DEVEL = ROOT / "data" / "bc5cdr" / "devel.tsv"
@@ -109,6 +110,7 @@ def federated_round(
             "events": sorted({e.event for e in events}),
             "peak_rss_mb": round(peaks[hospital].rss_mb),
             "peak_anon_mb": round(peaks[hospital].anon_mb),
+            "peak_during": _phase(peaks[hospital].anon_peak_at, events),
         }
     server = peaks["superlink"]
     return {
@@ -126,6 +128,19 @@ def federated_round(
             "optimizer": cfg.optimizer,
         },
     }
+
+
+def _phase(when: float | None, events: list[JournalEntry]) -> str:
+    """The step of a node's round at Unix time `when`, from its journal: before its update was
+    made, while it trained, or after it sent the update (held-out scoring and promotion)."""
+    if when is None:
+        return "unknown"
+    times = {e.event: dt.datetime.fromisoformat(e.time).timestamp() for e in events}
+    if when < times.get("round_started", float("inf")):
+        return "loading"
+    if when < times.get("round_completed", float("inf")):
+        return "training"
+    return "after training (sending, scoring, promotion)"
 
 
 def _node_configs(work: Path, state_dir: Path, notes: int, heldout: int) -> dict[str, dict]:

@@ -83,7 +83,9 @@ def round_rows(models: dict[str, Any]) -> list[list[str]]:
                         f"{got / 1e6:,.1f}" if got else "-",
                         _gib(n["peak_rss_mb"]),
                         _gib(n["peak_anon_mb"]),
+                        n.get("peak_during", "-"),
                         _gib(r["superlink_peak_rss_mb"]),
+                        _gib(r.get("superlink_peak_anon_mb") or r["superlink_peak_rss_mb"]),
                     ]
                 )
     return rows
@@ -202,7 +204,9 @@ def write_report(path: Path, r: dict[str, Any]) -> None:
                 "received MB",
                 "node peak RSS GiB",
                 "node peak anonymous GiB",
+                "node peak during",
                 "SuperLink+ServerApp peak GiB",
+                "SuperLink+ServerApp peak anonymous GiB",
             ],
             round_rows(models),
         ),  # fmt: skip

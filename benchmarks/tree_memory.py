@@ -9,6 +9,7 @@ them under a cgroup's memory limit. A sampled tree also sees children that run b
 from __future__ import annotations
 
 import threading
+import time
 from pathlib import Path
 
 from demo.consortium import descendants
@@ -39,11 +40,13 @@ def tree_kb(pid: int) -> tuple[int, int]:
 
 
 class TreePeak:
-    """Samples `tree_kb(pid)` every `interval` s in a thread until `stop()`; peaks in MB."""
+    """Samples `tree_kb(pid)` every `interval` s in a thread until `stop()`; peaks in MB, and
+    when (Unix time) the anonymous peak was sampled."""
 
     def __init__(self, pid: int, interval: float = 0.2) -> None:
         self.pid, self.interval = pid, interval
         self.rss_mb = self.anon_mb = 0.0
+        self.anon_peak_at: float | None = None
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
         self._thread.start()
@@ -52,7 +55,8 @@ class TreePeak:
         while not self._stop.is_set():
             rss, anon = tree_kb(self.pid)
             self.rss_mb = max(self.rss_mb, rss / 1024)
-            self.anon_mb = max(self.anon_mb, anon / 1024)
+            if anon / 1024 > self.anon_mb:
+                self.anon_mb, self.anon_peak_at = anon / 1024, time.time()
             self._stop.wait(self.interval)
 
     def stop(self) -> TreePeak:

@@ -154,9 +154,17 @@ def payload_bytes(payload: Mapping[str, np.ndarray]) -> int:
 
 
 def wire_bytes(payload: Mapping[str, np.ndarray]) -> int:
-    """Size of the payload serialized exactly as Flower sends it (an ArrayRecord protobuf)."""
+    """Size of the payload serialized exactly as Flower sends it (an ArrayRecord protobuf): the
+    record is a list of framed items, so its size is the sum of one-item records', and one
+    tensor at a time is serialized to count it."""
     from flwr.common import Array, ArrayRecord
     from flwr.common.serde import array_record_to_proto
 
-    record = ArrayRecord({k: Array(np.ascontiguousarray(v)) for k, v in payload.items()})
-    return int(array_record_to_proto(record).ByteSize())
+    return sum(
+        int(
+            array_record_to_proto(
+                ArrayRecord({k: Array(np.ascontiguousarray(payload[k]))})
+            ).ByteSize()
+        )
+        for k in payload
+    )

@@ -239,6 +239,11 @@ class FederationConfig:
                 "secagg with compression: SecAgg+ quantizes and masks whole "
                 "tensors itself; set compression = none"
             )
+        if self.client_dp != "none" and self.compression != "none":
+            raise ValueError(
+                "client-dp with compression: Flower's client-side clipping takes the weights "
+                "received from the weights sent, tensor by tensor; set compression = none"
+            )
         if self.secagg and not 2 <= self.secagg_threshold <= self.secagg_shares:
             raise ValueError("secagg-threshold must be in 2..secagg-shares")
         if self.secagg and (self.secagg_shares < 3 or self.secagg_shares > self.min_nodes):

@@ -78,11 +78,12 @@ def simulate(
         sent = downlink(global_arrays, cfg.compression)
         updates = {node.name: node.train_round(sent, server_round) for node in nodes}
         reference = {k: v.astype(np.float32) for k, v in sent.items()}
-        global_arrays, outcome = aggregate_round(
+        new, outcome = aggregate_round(
             reference,
             [(name, u.payload, u.num_examples, u.declined) for name, u in updates.items()],
             cfg.update_norm_bound,
         )
+        global_arrays = reference if new is None else new
         scored = server_round % score_every == 0 or server_round == cfg.rounds
         record = RoundRecord(
             server_round,

@@ -13,7 +13,7 @@ decoded at once.
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -70,41 +70,25 @@ def payload_dtype_problems(payload: Mapping[str, np.ndarray]) -> list[str]:
     ]
 
 
-def _sent_dtype(compression: str) -> type[np.floating]:
+def sent_dtype(compression: str) -> type[np.floating]:
     """The server sends fp32 weights, or fp16 when the run compresses updates."""
     return np.float32 if compression == "none" else np.float16
 
 
 def downlink(global_arrays: Mapping[str, np.ndarray], compression: str) -> Arrays:
-    """What the server sends (`_sent_dtype`)."""
-    dtype = _sent_dtype(compression)
+    """What the server sends (`sent_dtype`)."""
+    dtype = sent_dtype(compression)
     return {k: np.asarray(v).astype(dtype) for k, v in global_arrays.items()}
 
 
-class Received(Mapping[str, np.ndarray]):
-    """The weights the nodes received (`downlink`), as float32, made one tensor at a time when
-    asked for: the reference of the round's updates without a second copy of the model."""
-
-    def __init__(self, global_arrays: Mapping[str, np.ndarray], compression: str) -> None:
-        self._arrays = global_arrays
-        self._dtype = _sent_dtype(compression)
-
-    def __getitem__(self, name: str) -> np.ndarray:
-        return np.asarray(self._arrays[name]).astype(self._dtype).astype(np.float32)
-
-    def __iter__(self) -> Iterator[str]:
-        return iter(self._arrays)
-
-    def __len__(self) -> int:
-        return len(self._arrays)
-
-
 def weighted_average_payloads(
-    updates: Sequence[tuple[Mapping[str, np.ndarray], int]], reference: Mapping[str, np.ndarray]
+    updates: Sequence[tuple[Mapping[str, np.ndarray], int]],
+    reference: Mapping[str, np.ndarray],
+    dtype: type[np.floating] = np.float32,
 ) -> Arrays:
     """FedAvg, the example-weighted mean of each tensor, over encoded payloads (deltas against
-    `reference`; plain weights need none): each tensor is decoded from every update, averaged
-    and dropped before the next one."""
+    `reference`; plain weights need none), kept as `dtype`: each tensor is decoded from every
+    update, averaged and dropped before the next one."""
     total = sum(n for _, n in updates)
     if not updates or total <= 0:
         raise ValueError("nothing to aggregate: no accepted update with examples")
@@ -115,7 +99,7 @@ def weighted_average_payloads(
         acc = decode_tensor(first, name, ref).astype(np.float64) * n
         for payload, n in updates[1:]:
             acc += decode_tensor(payload, name, ref).astype(np.float64) * n
-        out[name] = (acc / total).astype(np.float32)
+        out[name] = (acc / total).astype(dtype)
     return out
 
 
@@ -131,11 +115,10 @@ def aggregate_round(
     global_arrays: Mapping[str, np.ndarray],
     results: Sequence[tuple[str, Mapping[str, np.ndarray], int, str | None]],
     norm_bound: float,
-) -> tuple[Arrays, RoundOutcome]:
-    """(node, payload, examples, declined reason) per reply -> new global weights + what happened.
-
-    If no update survives, the global weights stay as they were.
-    """
+    dtype: type[np.floating] = np.float32,
+) -> tuple[Arrays | None, RoundOutcome]:
+    """(node, payload, examples, declined reason) per reply -> new global weights (as `dtype`)
+    and what happened; None instead of weights when no update survived (the model stays)."""
     outcome, kept = RoundOutcome(), []
     for node, payload, examples, declined in results:
         if declined:
@@ -154,5 +137,5 @@ def aggregate_round(
         outcome.accepted.append(node)
         outcome.examples += examples
     if not kept:
-        return {k: np.asarray(v, np.float32) for k, v in global_arrays.items()}, outcome
-    return weighted_average_payloads(kept, global_arrays), outcome
+        return None, outcome
+    return weighted_average_payloads(kept, global_arrays, dtype), outcome

@@ -53,6 +53,16 @@ def test_compressed_payloads_are_smaller_on_the_wire():
     assert sizes["none"] >= sum(v.nbytes for v in NEW.values())
 
 
+@pytest.mark.parametrize("method", ["none", "int8", "topk"])
+def test_wire_bytes_is_the_size_of_the_message_flower_sends(method: str):
+    from flwr.common import Array, ArrayRecord
+    from flwr.common.serde import array_record_to_proto
+
+    payload = encode_update(NEW, REF, method, residual={})
+    record = ArrayRecord({k: Array(np.ascontiguousarray(v)) for k, v in payload.items()})
+    assert wire_bytes(payload) == array_record_to_proto(record).ByteSize()
+
+
 def test_malformed_payloads_are_refused():
     with pytest.raises(ValueError, match="not in the global model"):
         decode_update({"ghost@q": np.zeros(3, np.int8)}, REF)

@@ -61,6 +61,8 @@ def test_run_config_round_trip_and_errors(tmp_path: Path):
         FederationConfig(dp=True, strategy="fedprox")
     with pytest.raises(ValueError, match="secagg with compression"):
         FederationConfig(secagg=True, compression="topk")
+    with pytest.raises(ValueError, match="client-dp with compression"):
+        FederationConfig(client_dp="client-fixed", compression="int8")
     with pytest.raises(ValueError, match="task 'summary'"):
         FederationConfig(task="summary")
     with pytest.raises(ValueError, match="lr-schedule 'step'"):
