@@ -8,6 +8,7 @@ import threading
 import time
 import weakref
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -138,9 +139,17 @@ class Engine:
         self.batcher = Batcher(
             config.token_budget, config.max_queue_delay_ms / 1000, limits, metrics
         )
-        self._tokenize_lock = threading.Lock()  # fast tokenizers refuse concurrent use
+        # Notes are tokenized and windowed on one thread: fast tokenizers refuse concurrent use,
+        # and their regex engines keep a cache per calling thread that grows with what it reads,
+        # so sixteen handler threads tokenizing in turn held sixteen caches.
+        self._encoder = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ner-encode")
         self._retired: list[weakref.ref[ServedModel]] = []  # swapped out, maybe still in use
         self._retired_lock = threading.Lock()
+
+    def stop(self) -> None:
+        """Stop the batcher and the encoding thread (after the last request)."""
+        self.batcher.stop()
+        self._encoder.shutdown(wait=False, cancel_futures=True)
 
     def install(self, model: ServedModel) -> None:
         """Swap in `model` (one reference assignment: requests already running keep theirs)."""
@@ -305,8 +314,7 @@ class Engine:
     ) -> list[ner_pb2.AnalyzeResponse | RequestError]:
         started = time.monotonic()
         notes = [Note(r.note_id or f"note-{i}", r.text) for i, r in enumerate(reqs)]
-        with self._tokenize_lock:
-            windows = model.encode(notes)
+        windows = self._encoder.submit(model.encode, notes).result()
         tokenized = time.monotonic()
         windows, refused = self._admit(reqs, windows)
         batch = self._infer(model, windows, deadline)

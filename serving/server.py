@@ -95,7 +95,7 @@ class NerServer:
         self.grpc.stop(max(0.0, until - time.monotonic())).wait()
         if self.watcher is not None:
             self.watcher.stop()
-        self.engine.batcher.stop()
+        self.engine.stop()
         if self.metrics_server is not None:
             self.metrics_server.shutdown()
             self.metrics_server.server_close()

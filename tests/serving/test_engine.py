@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import json
 import shutil
+import threading
 import weakref
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -59,7 +61,7 @@ def test_a_swapped_out_model_is_released_once_no_request_holds_it(
         assert (held, released) == (False, True)
         assert old() is None and not engine.release_retired()
     finally:
-        engine.batcher.stop()
+        engine.stop()
 
 
 class _EmbeddedTokens(Backend):
@@ -105,4 +107,52 @@ def test_a_note_with_no_word_the_model_reads_is_invalid_argument(
         assert answer.code == grpc.StatusCode.INVALID_ARGUMENT
         assert "note 'n1': no word the model can read" in answer.message
     finally:
-        engine.batcher.stop()
+        engine.stop()
+
+
+class _Spy(Backend):
+    """The tiny backend, noting the threads that read its tokenizer."""
+
+    def __init__(self, tiny: Backend) -> None:
+        super().__init__(tiny.package_path, tiny.options)
+        self._tiny = tiny
+        self.threads: set[str] = set()
+
+    @property
+    def tokenizer(self) -> PreTrainedTokenizerBase:
+        self.threads.add(threading.current_thread().name)
+        return self._tiny.tokenizer
+
+    @property
+    def labels(self) -> tuple[str, ...]:
+        return self._tiny.labels
+
+    @property
+    def meta(self) -> dict[str, Any]:
+        return self._tiny.meta
+
+    def log_probs(self, windows: Sequence[EncodedWindow]) -> list[np.ndarray]:
+        return self._tiny.log_probs(windows)
+
+
+def test_notes_from_every_handler_thread_are_tokenized_on_one_thread(
+    tiny_package: Path, tmp_path: Path
+):
+    """A tokenizer's regex engines keep a cache per calling thread: one thread, one cache."""
+    # Prepare
+    config = config_for(tiny_package, state_dir=tmp_path)
+    engine = Engine(config, ServingMetrics())
+    tiny = load_served_model(config, tiny_package, "v1")
+    spy = _Spy(tiny.backend)
+    engine.install(replace(tiny, backend=spy))
+    notes = [NoteRequest(f"n{i}", f"Aspirin {i} caused rash.", 0, (), False) for i in range(24)]
+    try:
+        # Execute
+        with ThreadPoolExecutor(8, thread_name_prefix="handler") as pool:
+            answers = list(pool.map(lambda n: engine.analyze([n], None)[0], notes))
+
+        # Assert
+        assert all(not isinstance(a, RequestError) for a in answers)
+        assert spy.threads == {"ner-encode_0"}
+    finally:
+        engine.stop()
