@@ -4,18 +4,18 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, fields, replace
 from typing import Any
 
 MODES = ("layers", "lora", "full")
 TASKS = ("ner", "sentence")
-COMPRESSIONS = ("none", "fp16", "bf16", "int8", "topk")
+COMPRESSIONS = ("auto", "none", "fp16", "bf16", "int8", "topk")
 STRATEGIES = ("fedavg", "fedprox")
 LR_SCHEDULES = ("constant", "cosine")
 CLIENT_DP = ("none", "client-fixed")
 FROZEN_QUANTIZATIONS = ("auto", "none", "nf4")
 OPTIMIZERS = ("adamw", "adafactor")
-LARGE_BASE_PARAMETERS = 500_000_000  # frozen-quantization auto: a base this large trains on NF4
+LARGE_BASE_PARAMETERS = 500_000_000  # the `auto`s: a base this large trains on NF4, sends int8
 
 
 @dataclass(frozen=True)
@@ -124,10 +124,11 @@ class FederationConfig:
         default=3600.0, metadata={"help": "seconds the server waits for a round's replies"}
     )
     compression: str = field(
-        default="none",
+        default="auto",
         metadata={
-            "help": "update compression: none, fp16, bf16, int8 (block-quantized deltas) or topk "
-            "(with error feedback)"
+            "help": "update compression: none, fp16, bf16, int8 (block-quantized deltas), topk "
+            "(with error feedback) or auto: int8 for layers or full mode on a base of 500M "
+            "parameters or more, else none (always none under secagg or client-dp)"
         },
     )
     int8_block: int = field(
@@ -234,12 +235,12 @@ class FederationConfig:
                 "dp with strategy fedprox: Opacus clips per-sample gradients of the "
                 "data loss only, so the proximal term would be silently lost"
             )
-        if self.secagg and self.compression != "none":
+        if self.secagg and self.compression not in ("none", "auto"):
             raise ValueError(
                 "secagg with compression: SecAgg+ quantizes and masks whole "
                 "tensors itself; set compression = none"
             )
-        if self.client_dp != "none" and self.compression != "none":
+        if self.client_dp != "none" and self.compression not in ("none", "auto"):
             raise ValueError(
                 "client-dp with compression: Flower's client-side clipping takes the weights "
                 "received from the weights sent, tensor by tensor; set compression = none"
@@ -269,6 +270,16 @@ class FederationConfig:
             return self.frozen_quantization
         large = parameters >= LARGE_BASE_PARAMETERS
         return "nf4" if large or (self.mode == "lora" and gpu) else "none"
+
+    def for_base(self, parameters: int) -> FederationConfig:
+        """This configuration with `compression` resolved for a base of `parameters`: at the
+        LLaMA 3.2-1B size an fp32 exchange of `top:8` is 1.95 GB each way, int8 deltas 0.52 GB
+        (benchmarks/results/scale.md). Server and nodes resolve it alike, from the base's config."""
+        if self.compression != "auto":
+            return self
+        large = parameters >= LARGE_BASE_PARAMETERS and self.mode in ("layers", "full")
+        plain = self.secagg or self.client_dp != "none"
+        return replace(self, compression="int8" if large and not plain else "none")
 
     @property
     def spec(self) -> str:

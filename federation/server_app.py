@@ -19,7 +19,7 @@ from appliance.training import Trainer
 from federation import modes
 from federation.config import FederationConfig, from_run_config
 from federation.strategy import ConsortiumStrategy
-from federation.task import load_for_training, seeded_start
+from federation.task import for_run_base, load_for_training, seeded_start
 
 log = logging.getLogger(__name__)
 
@@ -58,8 +58,8 @@ app = ServerApp()
 
 @app.main()
 def main(grid: Grid, context: Context) -> None:
-    cfg = from_run_config(context.run_config)
     state_dir = Path(os.environ.get("APPLIANCE_STATE_DIR", Path.home() / ".cache" / "appliance"))
+    cfg = for_run_base(from_run_config(context.run_config), state_dir)  # as the nodes resolve it
     # No name keeps the initial weights here: the strategy replaces its copy every round.
     _, strategy = build_strategy(cfg, *initial_global(cfg, state_dir))
     gc.collect()  # the model loaded for the start holds reference cycles: free it before rounds

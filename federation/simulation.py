@@ -75,7 +75,7 @@ def simulate(
     initial = nodes[0].score(global_arrays, test_notes)["f1"]
     records = []
     for server_round in range(1, cfg.rounds + 1):
-        sent = downlink(global_arrays, cfg.compression)
+        sent = downlink(global_arrays, nodes[0].cfg.compression)  # resolved for the base
         updates = {node.name: node.train_round(sent, server_round) for node in nodes}
         reference = {k: v.astype(np.float32) for k, v in sent.items()}
         new, outcome = aggregate_round(

@@ -52,6 +52,12 @@ def for_task(loaded: LoadedModel, cfg: FederationConfig) -> LoadedModel:
     return as_sentence_classifier(loaded) if cfg.task == "sentence" else loaded
 
 
+def for_run_base(cfg: FederationConfig, bases_dir: Path) -> FederationConfig:
+    """`cfg` resolved for the size of its base (`FederationConfig.for_base`), read from the
+    base's config alone; `bases_dir`: where a GGUF base is materialized."""
+    return cfg.for_base(base_parameters(resolve_source(cfg.base), bases_dir))
+
+
 def load_for_training(cfg: FederationConfig, bases_dir: Path, gpu: bool) -> LoadedModel:
     """The run's base as a hospital trains on it: the frozen part quantized as
     `cfg.base_quantization` says for its size, the task's head. `bases_dir`: where a GGUF base
@@ -114,9 +120,11 @@ class HospitalNode:
         heldout: Sequence[Note] = (),
         bases_dir: Path | None = None,
     ) -> HospitalNode:
-        """`bases_dir`: where a GGUF base is materialized (default: the node's state dir)."""
+        """`bases_dir`: where a GGUF base is materialized (default: the node's state dir);
+        `cfg` is resolved for the base's size (`for_run_base`)."""
         state_dir = Path(state_dir)
         state_dir.mkdir(parents=True, exist_ok=True)
+        cfg = for_run_base(cfg, Path(bases_dir or state_dir))
         loaded = load_for_training(cfg, Path(bases_dir or state_dir), torch.cuda.is_available())
         return cls(cfg, loaded, notes, state_dir, name, heldout, bases_dir)
 

@@ -105,3 +105,21 @@ def test_the_cosine_schedule_decays_the_rates_over_the_rounds(tiny_llama: Path, 
     last = node._train_config(5)
     assert last.learning_rate == pytest.approx(cfg.learning_rate * 0.2)
     assert last.head_learning_rate == pytest.approx(cfg.head_learning_rate * 0.2)
+
+
+@pytest.mark.parametrize(
+    ("overrides", "parameters", "resolved"),
+    [
+        ({}, 1_236_000_000, "int8"),  # layers at the LLaMA 3.2-1B size: int8 deltas
+        ({}, 135_000_000, "none"),  # the embedded model: fp32
+        ({"mode": "full"}, 1_236_000_000, "int8"),
+        ({"mode": "lora"}, 1_236_000_000, "none"),  # adapters are small already
+        ({"secagg": True, "min_nodes": 3}, 1_236_000_000, "none"),
+        ({"client_dp": "client-fixed"}, 1_236_000_000, "none"),
+        ({"compression": "fp16"}, 1_236_000_000, "fp16"),  # asked for, kept
+    ],
+)
+def test_auto_compression_follows_the_base_size_and_the_run(overrides, parameters, resolved):
+    cfg = FederationConfig(**overrides)
+    assert FederationConfig().compression == "auto"
+    assert cfg.for_base(parameters).compression == resolved
