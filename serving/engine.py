@@ -140,8 +140,8 @@ class Engine:
             config.token_budget, config.max_queue_delay_ms / 1000, limits, metrics
         )
         # Notes are tokenized and windowed on one thread: fast tokenizers refuse concurrent use,
-        # and their regex engines keep a cache per calling thread that grows with what it reads,
-        # so sixteen handler threads tokenizing in turn held sixteen caches.
+        # and the tokenizer library keeps memory per calling thread that grows with what that
+        # thread has read, so sixteen handler threads tokenizing in turn held sixteen times it.
         self._encoder = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ner-encode")
         self._retired: list[weakref.ref[ServedModel]] = []  # swapped out, maybe still in use
         self._retired_lock = threading.Lock()

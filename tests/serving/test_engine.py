@@ -64,18 +64,16 @@ def test_a_swapped_out_model_is_released_once_no_request_holds_it(
         engine.stop()
 
 
-class _EmbeddedTokens(Backend):
-    """The tiny package's labels and metadata with the embedded model's tokenizer, which drops
-    some control characters entirely; it must never run (a note without words never does)."""
+class _Wrapped(Backend):
+    """The tiny package's backend, seen through another object: the tests below change one part."""
 
     def __init__(self, tiny: Backend) -> None:
         super().__init__(tiny.package_path, tiny.options)
         self._tiny = tiny
-        self._tokenizer = load_tokenizer(embedded_source())
 
     @property
     def tokenizer(self) -> PreTrainedTokenizerBase:
-        return self._tokenizer
+        return self._tiny.tokenizer
 
     @property
     def labels(self) -> tuple[str, ...]:
@@ -84,6 +82,22 @@ class _EmbeddedTokens(Backend):
     @property
     def meta(self) -> dict[str, Any]:
         return self._tiny.meta
+
+    def log_probs(self, windows: Sequence[EncodedWindow]) -> list[np.ndarray]:
+        return self._tiny.log_probs(windows)
+
+
+class _EmbeddedTokens(_Wrapped):
+    """The embedded model's tokenizer, which drops some control characters entirely; the model
+    must never run (a note without words never does)."""
+
+    def __init__(self, tiny: Backend) -> None:
+        super().__init__(tiny)
+        self._tokenizer = load_tokenizer(embedded_source())
+
+    @property
+    def tokenizer(self) -> PreTrainedTokenizerBase:
+        return self._tokenizer
 
     def log_probs(self, windows: Sequence[EncodedWindow]) -> list[np.ndarray]:
         raise AssertionError("a note without words reached the model")
@@ -110,12 +124,11 @@ def test_a_note_with_no_word_the_model_reads_is_invalid_argument(
         engine.stop()
 
 
-class _Spy(Backend):
-    """The tiny backend, noting the threads that read its tokenizer."""
+class _Spy(_Wrapped):
+    """Notes the threads that read the tokenizer."""
 
     def __init__(self, tiny: Backend) -> None:
-        super().__init__(tiny.package_path, tiny.options)
-        self._tiny = tiny
+        super().__init__(tiny)
         self.threads: set[str] = set()
 
     @property
@@ -123,22 +136,11 @@ class _Spy(Backend):
         self.threads.add(threading.current_thread().name)
         return self._tiny.tokenizer
 
-    @property
-    def labels(self) -> tuple[str, ...]:
-        return self._tiny.labels
-
-    @property
-    def meta(self) -> dict[str, Any]:
-        return self._tiny.meta
-
-    def log_probs(self, windows: Sequence[EncodedWindow]) -> list[np.ndarray]:
-        return self._tiny.log_probs(windows)
-
 
 def test_notes_from_every_handler_thread_are_tokenized_on_one_thread(
     tiny_package: Path, tmp_path: Path
 ):
-    """A tokenizer's regex engines keep a cache per calling thread: one thread, one cache."""
+    """The tokenizer keeps memory per calling thread: one thread, one share of it."""
     # Prepare
     config = config_for(tiny_package, state_dir=tmp_path)
     engine = Engine(config, ServingMetrics())
