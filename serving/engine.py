@@ -143,6 +143,7 @@ class Engine:
         # and the tokenizer library keeps memory per calling thread that grows with what that
         # thread has read, so sixteen handler threads tokenizing in turn held sixteen times it.
         self._encoder = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ner-encode")
+        self._answered = self._collected_at = 0  # batches run; how many when last collected
         self._retired: list[weakref.ref[ServedModel]] = []  # swapped out, maybe still in use
         self._retired_lock = threading.Lock()
 
@@ -286,8 +287,25 @@ class Engine:
         try:
             return self._annotate(model, reqs, deadline)
         finally:
+            self._answered += 1
             if self.batcher.idle:  # the last request out gives the memory of all of them back
                 model.backend.release_memory()
+
+    def collect_when_idle(self) -> bool:
+        """With no work admitted and requests answered since the last call: collect the reference
+        cycles that finished requests left (the cyclic collector makes a full pass only now and
+        then, so between passes they pile up: the C heap and Python's arenas grew at rest over a
+        soak) and give the memory back. Off the request path (the model watcher's thread); True
+        when it collected."""
+        answered = self._answered
+        if not self.batcher.idle or answered == self._collected_at:
+            return False
+        self._collected_at = answered
+        gc.collect()
+        model = self.model
+        if model is not None:
+            model.backend.release_memory()
+        return True
 
     def release_retired(self) -> bool:
         """Give back the memory of swapped-out models that no request uses any more.

@@ -40,6 +40,7 @@ class ModelWatcher:
         while not self._stop.is_set():
             self.check_once()
             self.engine.release_retired()
+            self.engine.collect_when_idle()
             self._stop.wait(self.interval_s)
 
     def check_once(self) -> bool:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import json
 import shutil
 import threading
@@ -156,5 +157,40 @@ def test_notes_from_every_handler_thread_are_tokenized_on_one_thread(
         # Assert
         assert all(not isinstance(a, RequestError) for a in answers)
         assert spy.threads == {"ner-encode_0"}
+    finally:
+        engine.stop()
+
+
+class _Cycle:
+    """An object in a reference cycle: only the cyclic collector frees it."""
+
+    def __init__(self) -> None:
+        self.me = self
+
+
+def test_garbage_cycles_are_collected_once_requests_are_answered_and_the_engine_is_idle(
+    tiny_package: Path, tmp_path: Path
+):
+    # Prepare
+    config = config_for(tiny_package, state_dir=tmp_path)
+    engine = Engine(config, ServingMetrics())
+    engine.install(load_served_model(config, tiny_package, "v1"))
+    try:
+        assert not engine.collect_when_idle()  # nothing answered yet
+        engine.analyze([NoteRequest("n1", "Aspirin caused rash.", 0, (), False)], None)
+        gc.disable()  # the automatic collector off: only the engine's pass may free the cycle
+        try:
+            cycle = _Cycle()
+            left = weakref.ref(cycle)
+            del cycle
+
+            # Execute
+            collected, again = engine.collect_when_idle(), engine.collect_when_idle()
+        finally:
+            gc.enable()
+
+        # Assert
+        assert (collected, again) == (True, False)  # once per stretch of answered work
+        assert left() is None
     finally:
         engine.stop()
