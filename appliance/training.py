@@ -247,7 +247,8 @@ class Trainer:
             log.info("epoch %d: loss %.4f dev F1 %.4f", epoch, stats.loss, stats.dev_f1)
             if not dev or not best_state or stats.dev_f1 > result.best_dev_f1:
                 result.best_epoch, result.best_dev_f1, stale = epoch, stats.dev_f1, 0
-                best_state = copy.deepcopy(self.selection.trained_state(self.loaded.model))
+                if dev:  # without a dev set the last epoch is kept: the model holds it already
+                    best_state = copy.deepcopy(self.selection.trained_state(self.loaded.model))
             else:
                 stale += 1
                 if stale >= self.cfg.patience:
@@ -255,7 +256,9 @@ class Trainer:
                     break
         if self.policy is not None:
             self.policy.finish()
-        self.loaded.model.load_state_dict(best_state, strict=False)
+        optimizer.zero_grad(set_to_none=True)  # the last step's gradients: the trained part's size
+        if best_state:
+            self.loaded.model.load_state_dict(best_state, strict=False)
         self.loaded.model.eval()
         return result
 

@@ -93,6 +93,22 @@ def test_only_selected_layers_change(tiny_llama: Path, tmp_path: Path, corpus: d
         assert changed == (name.startswith("model.layers.1.") or name.startswith("score.")), name
 
 
+def test_training_without_a_dev_set_keeps_the_last_epoch_and_no_gradients(
+    tiny_llama: Path, tmp_path: Path, corpus: dict
+):
+    # Prepare
+    cfg = tiny_train_config("top:2", 2, tmp_path / "act")
+    loaded = load_model(ModelConfig(base=str(tiny_llama)), LABELS, tmp_path, "top:2")
+    selection = LayerSelection.parse("top:2", loaded.num_layers)
+
+    # Execute
+    result = Trainer(loaded, selection, cfg, progress=False).fit(corpus["train"][:40], [])
+
+    # Assert: the last epoch is the model, and the last step's gradients are gone
+    assert result.best_epoch == 2 and len(result.history) == 2
+    assert all(p.grad is None for p in loaded.model.parameters())
+
+
 def test_early_stopping_keeps_the_best_epoch(tiny_llama: Path, tmp_path: Path, corpus: dict):
     cfg = TrainConfig(
         layers="head",
