@@ -43,7 +43,7 @@ def hospital_node(cfg: FederationConfig, node_config: dict[str, Any]) -> Hospita
     the seconds torch and transformers take to import."""
     from federation.task import HospitalNode
 
-    key = json.dumps([sorted(node_config.items()), repr(cfg)], default=str)
+    key = _node_key(cfg, node_config)
     if key not in _NODES:
         notes = read_notes(str(node_config["notes"])).notes
         heldout_path = node_config.get("heldout")
@@ -55,6 +55,17 @@ def hospital_node(cfg: FederationConfig, node_config: dict[str, Any]) -> Hospita
             cfg, notes, state, name, heldout, Path(str(bases)) if bases else None
         )
     return _NODES[key]
+
+
+def _node_key(cfg: FederationConfig, node_config: dict[str, Any]) -> str:
+    return json.dumps([sorted(node_config.items()), repr(cfg)], default=str)
+
+
+def release_node(node: HospitalNode) -> None:
+    """Free `node`'s model and forget the node: a later message of this process loads it anew."""
+    for key in [k for k, v in _NODES.items() if v is node]:
+        del _NODES[key]
+    node.release_model()
 
 
 class HospitalClient(NumPyClient):
@@ -128,15 +139,18 @@ class HospitalClient(NumPyClient):
                 f"node {self.node.name} has no registry for a {self.node.cfg.task} model"
             )
         tolerance = float(self.node_config.get("tolerance", 0.01))
+        quantization = self.node.loaded.config.quantization
         with tempfile.TemporaryDirectory(dir=self.node.state_dir) as tmp:
             candidate = self.node.write_package(arrays, Path(tmp) / "package")
+            # The message's last use of the node's model: the packages load into its memory.
+            release_node(self.node)
             promote_if_not_worse(
                 registry,
                 candidate,
                 self.node.heldout,
                 tolerance,
                 self.node.bases_dir,
-                quantization=self.node.loaded.config.quantization,
+                quantization=quantization,
                 label=f"round-{server_round}",
                 journal=self.journal,
                 server_round=server_round,

@@ -9,6 +9,7 @@ Training is the core's `Trainer` through its public seams: FedProx's proximal te
 
 from __future__ import annotations
 
+import gc
 import logging
 import time
 from collections.abc import Mapping, Sequence
@@ -288,6 +289,13 @@ class HospitalNode:
         }
         tensors = modes.package_tensors(self.loaded.model, self.selection)
         return save_package(path, self.loaded, self.selection, windowing, training, tensors)
+
+    def release_model(self) -> None:
+        """Free the model and its trainer; the node cannot train or score after this. A
+        ClientApp process ends with its message: its promotion step then loads the candidate and
+        the current package into this memory instead of beside the node's model."""
+        del self.trainer, self.loaded
+        gc.collect()  # the model holds reference cycles
 
     def _load_residual(self) -> dict[str, np.ndarray]:
         path = self.state_dir / "topk-residual.npz"

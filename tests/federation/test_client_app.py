@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from appliance.registry import ModelRegistry
-from federation.client_app import HospitalClient
+from federation.client_app import HospitalClient, hospital_node, release_node
 from federation.journal import read_journal
 from federation.task import HospitalNode
 from tests.federation.helpers import corpus, tiny_config
@@ -48,3 +48,16 @@ def test_promotion_runs_when_the_server_asks_for_it(client: HospitalClient):
     assert [v.split("-", 1)[1] for v in registry.versions()] == ["round-2"]
     events = [e for e in read_journal(client.node_config["journal"]) if e.event == "promotion"]
     assert [e.fields["server_round"] for e in events] == [2]
+    # the packages were scored in the node model's memory: the message's node has none now
+    assert not hasattr(client.node, "loaded") and not hasattr(client.node, "trainer")
+
+
+def test_a_released_node_is_loaded_anew_by_the_next_message(tiny_llama: Path, tmp_path: Path):
+    cfg = tiny_config(tiny_llama)
+    corpus(tmp_path / "c", 8, seed=3)
+    node_config = {"notes": str(tmp_path / "c" / "notes-3.jsonl"), "state-dir": str(tmp_path / "s")}
+    first = hospital_node(cfg, node_config)
+    assert hospital_node(cfg, node_config) is first  # one per process and run
+    release_node(first)
+    again = hospital_node(cfg, node_config)
+    assert again is not first and again.loaded is not None
