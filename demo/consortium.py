@@ -194,6 +194,7 @@ class Consortium:
         log_path = self.workdir / "flwr-run.log"
         offset = log_path.stat().st_size if log_path.exists() else 0
         command = [_bin("flwr"), "run", str(ROOT), "consortium", "--run-config", overrides]
+        deadline = time.monotonic() + timeout
         proc = self.spawn(RUN_PROCESS, [*command, "--stream"])
         try:
             proc.wait(timeout=timeout)
@@ -201,10 +202,12 @@ class Consortium:
             self.stop(RUN_PROCESS)
         self.processes.pop(RUN_PROCESS, None)
         output = log_path.read_bytes()[offset:].decode("utf-8", "replace")
-        # `flwr run --stream` exits 0 even when the ServerApp failed: ask the SuperLink.
+        # `flwr run --stream` exits 0 even when the ServerApp failed, and its log stream can end
+        # while the run goes on (a loaded machine): ask the SuperLink until the run ends.
         match = re.search(r"run_id `(\d+)`|started run (\d+)", output)
         run_id = (match.group(1) or match.group(2)) if match else None
-        status = self.run_status(run_id) if run_id else "unknown (no run id)"
+        left = max(120.0, deadline - time.monotonic())
+        status = self.run_status(run_id, left) if run_id else "unknown (no run id)"
         return RunResult(status == "finished:completed", output, "", status)
 
     def run_status(self, run_id: str, timeout: float = 120.0) -> str:
@@ -229,6 +232,9 @@ class Consortium:
             return self._stop([name])
         self._stop([key for key in reversed(self.processes) if key != "superlink"])
         self._stop(["superlink"])
+        # A ServerApp whose launcher already exited is no descendant of anything here: found by
+        # the SuperLink address it was started against.
+        _end(serverapps(self.port))
 
     def _stop(self, names: list[str]) -> None:
         """SIGTERM the process groups of `names` at once, SIGKILL what is left after 20 s; then
@@ -259,6 +265,22 @@ def descendants(pid: int) -> list[int]:
     found = []
     for child in map(int, text.split()):
         found += [child, *descendants(child)]
+    return found
+
+
+def serverapps(port: int) -> list[int]:
+    """The `flwr-serverapp` processes started against a SuperLink on local `port`."""
+    address = f"127.0.0.1:{port}"
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            argv = (entry / "cmdline").read_bytes().decode("utf-8", "replace").split("\0")
+        except OSError:
+            continue
+        if any(a.endswith("flwr-serverapp") for a in argv) and address in argv:
+            found.append(int(entry.name))
     return found
 
 
