@@ -19,22 +19,23 @@ from appliance.training import Trainer
 from federation import modes
 from federation.config import FederationConfig, from_run_config
 from federation.strategy import ConsortiumStrategy
-from federation.task import for_run_base, load_for_training, seeded_start
+from federation.task import load_for_training, seeded_start
 
 log = logging.getLogger(__name__)
 
 
 def initial_global(
     cfg: FederationConfig, state_dir: Path
-) -> tuple[list[str], dict[str, np.ndarray]]:
-    """The starting weights of the travelling part: the same seeded init every node makes. The
-    frozen part is loaded as the nodes load it (NF4 for a large base): it never travels."""
-    loaded = load_for_training(cfg, state_dir, gpu=False)
+) -> tuple[FederationConfig, list[str], dict[str, np.ndarray]]:
+    """`cfg` resolved for the base as the nodes resolve it, and the starting weights of the
+    travelling part: the same seeded init every node makes. The frozen part is loaded as the
+    nodes load it (NF4 for a large base): it never travels."""
+    cfg, loaded = load_for_training(cfg, state_dir, gpu=False)
     selection = LayerSelection.parse(cfg.spec, loaded.num_layers)
     train_cfg = TrainConfig(layers=cfg.spec, labels=cfg.labels, seed=cfg.seed)
     trainer = Trainer(loaded, selection, train_cfg, progress=False, fresh_head=False)
     names = seeded_start(trainer, cfg)
-    return names, modes.get_arrays(loaded.model, names)
+    return cfg, names, modes.get_arrays(loaded.model, names)
 
 
 def build_strategy(
@@ -59,9 +60,9 @@ app = ServerApp()
 @app.main()
 def main(grid: Grid, context: Context) -> None:
     state_dir = Path(os.environ.get("APPLIANCE_STATE_DIR", Path.home() / ".cache" / "appliance"))
-    cfg = for_run_base(from_run_config(context.run_config), state_dir)  # as the nodes resolve it
-    # No name keeps the initial weights here: the strategy replaces its copy every round.
-    _, strategy = build_strategy(cfg, *initial_global(cfg, state_dir))
+    cfg, names, initial = initial_global(from_run_config(context.run_config), state_dir)
+    _, strategy = build_strategy(cfg, names, initial)
+    del initial  # the strategy holds its own copy, which it replaces every round
     gc.collect()  # the model loaded for the start holds reference cycles: free it before rounds
     fit_workflow = None
     if cfg.secagg:

@@ -53,20 +53,18 @@ def for_task(loaded: LoadedModel, cfg: FederationConfig) -> LoadedModel:
     return as_sentence_classifier(loaded) if cfg.task == "sentence" else loaded
 
 
-def for_run_base(cfg: FederationConfig, bases_dir: Path) -> FederationConfig:
-    """`cfg` resolved for the size of its base (`FederationConfig.for_base`), read from the
-    base's config alone; `bases_dir`: where a GGUF base is materialized."""
-    return cfg.for_base(base_parameters(resolve_source(cfg.base), bases_dir))
-
-
-def load_for_training(cfg: FederationConfig, bases_dir: Path, gpu: bool) -> LoadedModel:
-    """The run's base as a hospital trains on it: the frozen part quantized as
-    `cfg.base_quantization` says for its size, the task's head. `bases_dir`: where a GGUF base
-    is materialized."""
+def load_for_training(
+    cfg: FederationConfig, bases_dir: Path, gpu: bool
+) -> tuple[FederationConfig, LoadedModel]:
+    """`cfg` resolved for its base's size (`FederationConfig.for_base`: the ServerApp and the
+    nodes resolve it alike) and the run's base as a hospital trains on it: the frozen part
+    quantized as `cfg.base_quantization` says for that size, the task's head. The size is read
+    from the base's config once; `bases_dir`: where a GGUF base is materialized."""
     parameters = base_parameters(resolve_source(cfg.base), bases_dir)
+    cfg = cfg.for_base(parameters)
     quantization = cfg.base_quantization(parameters, gpu)
     model_cfg = ModelConfig(base=cfg.base, attention=cfg.attention, quantization=quantization)
-    return for_task(load_model(model_cfg, cfg.labels, bases_dir, cfg.spec), cfg)
+    return cfg, for_task(load_model(model_cfg, cfg.labels, bases_dir, cfg.spec), cfg)
 
 
 def seeded_start(trainer: Trainer, cfg: FederationConfig) -> list[str]:
@@ -122,11 +120,11 @@ class HospitalNode:
         bases_dir: Path | None = None,
     ) -> HospitalNode:
         """`bases_dir`: where a GGUF base is materialized (default: the node's state dir);
-        `cfg` is resolved for the base's size (`for_run_base`)."""
+        `cfg` is resolved for the base's size (`load_for_training`)."""
         state_dir = Path(state_dir)
         state_dir.mkdir(parents=True, exist_ok=True)
-        cfg = for_run_base(cfg, Path(bases_dir or state_dir))
-        loaded = load_for_training(cfg, Path(bases_dir or state_dir), torch.cuda.is_available())
+        bases = Path(bases_dir or state_dir)
+        cfg, loaded = load_for_training(cfg, bases, torch.cuda.is_available())
         return cls(cfg, loaded, notes, state_dir, name, heldout, bases_dir)
 
     def _train_config(self, server_round: int) -> TrainConfig:

@@ -95,7 +95,8 @@ def test_the_sentence_task_is_learnt_federated_the_same_way(tiny_llama: Path, tm
     f1 = [r.test_f1 for r in result.rounds]
     assert f1[-1] >= 0.9 and f1[-1] > result.initial_f1 + 0.3, (result.initial_f1, f1)
     node = HospitalNode.load(cfg, parts[0], tmp_path / "node", "h")
-    names, initial = initial_global(cfg, tmp_path / "server")
+    resolved, names, initial = initial_global(cfg, tmp_path / "server")
+    assert resolved == node.cfg  # the server resolves the run config as the node does
     assert names == node.names and initial["score.weight"].shape[0] == 2
     assert all((initial[k] == v).all() for k, v in node.initial_arrays().items())
     with pytest.raises(ValueError, match="only NER models are packaged"):
