@@ -217,6 +217,8 @@ def one_model(name: str, base: str, args: argparse.Namespace) -> dict[str, Any]:
         out["rounds"][spec] = federated_round(
             base, args.state_dir, work, cfg, args.round_notes, args.round_heldout
         )
+        if not out["rounds"][spec]["ok"]:  # the processes' logs say why; the rest is large
+            _keep_logs(work, state / f"failed-round-{spec.replace('+', '-')}")
         _clear(work)
     config = AutoConfig.from_pretrained(base_dir, local_files_only=True)
     out["exchange"] = exchange_rows(package, config.to_dict())
@@ -228,6 +230,17 @@ def _base_dir(base: str, state_dir: Path) -> str:
     if base != "embedded":
         return base
     return str(next((state_dir / "bases").glob("sha256-*")))  # the materialized GGUF
+
+
+def _keep_logs(work: Path, folder: Path) -> None:
+    import shutil
+
+    _clear(folder)
+    for log in work.rglob("*.log"):
+        target = folder / log.relative_to(work)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(log, target)
+    print(f"[scale] the failed round's logs: {folder}", file=sys.stderr, flush=True)
 
 
 def _clear(*paths: Path) -> None:

@@ -114,18 +114,22 @@ def plan_lines(models: dict[str, Any]) -> list[str]:
         serving = m["serve"][backend]["peak_rss_mb"]
         export_rss, export_anon = _peaks(m["export"][backend]["run"])
         step, node_rss, node_anon = _node_peak(m)
-        rss = (serving + export_rss + node_rss) * 2**20 / GIB
-        anon = (serving + export_anon + node_anon) * 2**20 / GIB
+        exporting = (serving + export_anon) * 2**20 / GIB
+        training = (2 * serving + node_anon) * 2**20 / GIB
+        anon = max(exporting, training)
         verdict = "met" if anon <= PLAN_GIB else "**NOT met**"
         # MB: every layer and the embedding are quantized (the fp32 head is under 0.001%)
         quantized_fp32 = m["parameters"] * 4 / 2**20
         ratio = export_rss / quantized_fp32
         out.append(
             f"- {name}: serving ({backend}) {_gib(serving)} GiB + its export "
-            f"{_gib(export_anon)} GiB anonymous ({_gib(export_rss)} resident) + {step} "
-            f"{_gib(node_anon)} GiB anonymous ({_gib(node_rss)} resident) = {anon:.2f} GiB "
-            f"anonymous ({rss:.2f} GiB resident) against {PLAN_GIB:.0f} GiB: {verdict}. The "
-            f"export's resident peak is {ratio:.2f}x the fp32 size of what it quantizes "
+            f"{_gib(export_anon)} GiB anonymous ({_gib(export_rss)} resident) = "
+            f"{exporting:.2f} GiB; serving with two versions {_gib(2 * serving)} GiB + {step} "
+            f"{_gib(node_anon)} GiB anonymous ({_gib(node_rss)} resident) = {training:.2f} GiB; "
+            f"the larger, {anon:.2f} GiB, against {PLAN_GIB:.0f} GiB: {verdict}. Without the "
+            f"work turn all three would add up to "
+            f"{(serving + export_anon + node_anon) * 2**20 / GIB:.2f} GiB. The export's "
+            f"resident peak is {ratio:.2f}x the fp32 size of what it quantizes "
             f"({_gib(quantized_fp32)} GiB; target <= 2x)."
         )
     return out
@@ -213,11 +217,13 @@ def write_report(path: Path, r: dict[str, Any]) -> None:
         "",
         "## One box: serving beside the nightly round",
         "",
-        "A node promotes the model of each round, and serving then exports it (in serving's "
-        "own cgroup) while the node may already train the next round: the peaks that can "
-        "overlap are serving's, its export's and the node's. Resident peaks count the pages "
-        "of memory-mapped checkpoints, which the kernel drops under a cgroup limit instead of "
-        "killing; what must fit is the anonymous memory, the verdict's measure.",
+        "A node promotes the model of each round and serving then exports it, but the two "
+        "take the box's work turn (appliance/work_turn.py): a node loads, trains, evaluates "
+        "and promotes in it, serving exports in it, so an export never runs beside a round. "
+        "What can overlap is serving beside its export, or serving holding two versions (the "
+        "exported one loads beside the old) beside a node's round. Resident peaks count the "
+        "pages of memory-mapped checkpoints, which the kernel drops under a cgroup limit "
+        "instead of killing; what must fit is the anonymous memory, the verdict's measure.",
         "",
         *plan_lines(models),
         "",

@@ -8,6 +8,11 @@ Evaluating scores the round's global model and changes nothing. Promotion into t
 registry is a step of its own (`HospitalClient.promote`), taken only when the server's evaluate
 instruction asks for it (`promote`, sent by `strategy.ConsortiumStrategy`) and the node has a
 registry and held-out notes.
+
+A node with a registry loads, trains, evaluates and promotes inside the box's work turn
+(`appliance.work_turn`), so serving's ONNX export of a promoted version never runs beside them.
+It waits up to half the round's timeout for serving to finish an export, then declines the
+round (or scores nothing) and says why.
 """
 
 from __future__ import annotations
@@ -15,6 +20,8 @@ from __future__ import annotations
 import json
 import logging
 import tempfile
+from collections.abc import Callable
+from contextlib import AbstractContextManager, nullcontext
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -26,6 +33,7 @@ from flwr.common import Context, Message
 from flwr.common.secure_aggregation.secaggplus_constants import RECORD_KEY_CONFIGS
 
 from appliance.readers import read_notes
+from appliance.work_turn import TurnBusy, work_turn
 from federation.audit import audit_mod
 from federation.config import FederationConfig, from_run_config
 from federation.journal import RoundJournal
@@ -69,14 +77,31 @@ def release_node(node: HospitalNode) -> None:
 
 
 class HospitalClient(NumPyClient):
-    def __init__(self, node: HospitalNode, node_config: dict[str, Any]) -> None:
-        self.node, self.node_config = node, node_config
+    """One message's client; `load` gives the node, loaded at its first use (in the turn)."""
+
+    def __init__(
+        self, cfg: FederationConfig, node_config: dict[str, Any], load: Callable[[], HospitalNode]
+    ) -> None:
+        self.cfg, self.node_config, self._load = cfg, node_config, load
+        self.name = str(node_config.get("hospital", "hospital"))
         journal = node_config.get("journal")
         self.journal = RoundJournal(str(journal)) if journal else None
 
+    @property
+    def node(self) -> HospitalNode:
+        return self._load()
+
     def _record(self, event: str, **fields: Any) -> None:
         if self.journal is not None:
-            self.journal.record(event, node=self.node.name, **fields)
+            self.journal.record(event, node=self.name, **fields)
+
+    def _turn(self, job: str) -> AbstractContextManager[None]:
+        """The box's work turn for `job`, when the node has a registry serving follows."""
+        registry = self.node_config.get("registry")
+        if not registry:
+            return nullcontext()
+        Path(str(registry)).mkdir(parents=True, exist_ok=True)
+        return work_turn(Path(str(registry)), f"{self.name}'s {job}", self.cfg.round_timeout_s / 2)
 
     def get_parameters(self, config: dict[str, Any]) -> list[np.ndarray]:
         arrays = self.node.initial_arrays()
@@ -85,6 +110,16 @@ class HospitalClient(NumPyClient):
     def fit(self, parameters: list[np.ndarray], config: dict[str, Any]):  # type: ignore[override]
         server_round = int(config.get("server-round", 0))
         self._record("round_started", server_round=server_round)
+        try:
+            with self._turn(f"training in round {server_round}"):
+                return self._fit(parameters, server_round, config)
+        except TurnBusy as err:
+            self._record("round_declined", server_round=server_round, reason=str(err)[:200])
+            return parameters, 0, {"declined": str(err)[:200]}
+
+    def _fit(
+        self, parameters: list[np.ndarray], server_round: int, config: dict[str, Any]
+    ) -> tuple[list[np.ndarray], int, dict[str, Any]]:
         arrays = dict(zip(self.node.names, parameters, strict=True))
         update = self.node.train_round(
             arrays,
@@ -115,17 +150,23 @@ class HospitalClient(NumPyClient):
 
     def evaluate(self, parameters: list[np.ndarray], config: dict[str, Any]):  # type: ignore[override]
         """Score the global model on the held-out notes; then, if asked, the promotion step."""
-        arrays = dict(zip(self.node.names, parameters, strict=True))
-        count, metrics = self.node.evaluate(arrays)
-        if bool(config.get("promote", False)) and count and self.registry is not None:
-            self.promote(arrays, int(config.get("server-round", 0)))
+        server_round = int(config.get("server-round", 0))
+        try:
+            with self._turn(f"evaluation in round {server_round}"):
+                arrays = dict(zip(self.node.names, parameters, strict=True))
+                count, metrics = self.node.evaluate(arrays)
+                if bool(config.get("promote", False)) and count and self.registry is not None:
+                    self.promote(arrays, server_round)
+        except TurnBusy as err:
+            log.warning("round %d: %s scored nothing: %s", server_round, self.name, err)
+            return 1.0, 0, {"declined": str(err)[:200]}
         return 1.0 - metrics.get("f1", 0.0), count, metrics
 
     @property
     def registry(self) -> Path | None:
         """The node's registry, when it has one and its task is served (only NER is)."""
         registry = self.node_config.get("registry")
-        if not registry or self.node.cfg.task != "ner":
+        if not registry or self.cfg.task != "ner":
             return None
         return Path(str(registry))
 
@@ -133,23 +174,21 @@ class HospitalClient(NumPyClient):
         """Package `arrays`, publish it into the registry, move `current` if it is not worse."""
         from federation.promotion import promote_if_not_worse
 
-        registry = self.registry
+        registry, node = self.registry, self.node
         if registry is None:
-            raise ValueError(
-                f"node {self.node.name} has no registry for a {self.node.cfg.task} model"
-            )
+            raise ValueError(f"node {node.name} has no registry for a {node.cfg.task} model")
         tolerance = float(self.node_config.get("tolerance", 0.01))
-        quantization = self.node.loaded.config.quantization
-        with tempfile.TemporaryDirectory(dir=self.node.state_dir) as tmp:
-            candidate = self.node.write_package(arrays, Path(tmp) / "package")
+        quantization = node.loaded.config.quantization
+        with tempfile.TemporaryDirectory(dir=node.state_dir) as tmp:
+            candidate = node.write_package(arrays, Path(tmp) / "package")
             # The message's last use of the node's model: the packages load into its memory.
-            release_node(self.node)
+            release_node(node)
             promote_if_not_worse(
                 registry,
                 candidate,
-                self.node.heldout,
+                node.heldout,
                 tolerance,
-                self.node.bases_dir,
+                node.bases_dir,
                 quantization=quantization,
                 label=f"round-{server_round}",
                 journal=self.journal,
@@ -167,7 +206,7 @@ def _eps(metrics: dict[str, Any]) -> dict[str, Any]:
 def client_fn(context: Context):  # type: ignore[no-untyped-def]
     cfg = from_run_config(context.run_config)
     node_config = dict(context.node_config)
-    return HospitalClient(hospital_node(cfg, node_config), node_config).to_client()
+    return HospitalClient(cfg, node_config, lambda: hospital_node(cfg, node_config)).to_client()
 
 
 def optional_secaggplus(msg: Message, ctxt: Context, call_next):  # type: ignore[no-untyped-def]

@@ -74,6 +74,7 @@ def load_served_model(config: ServingConfig, path: Path, version: str) -> Served
         base=config.base,
         threads=config.threads,
         release_memory=config.release_memory,
+        work_turn=config.registry,
     )
     backend = load_backend(config.backend, path, options)
     windowing = backend.meta.get("windowing", {})

@@ -3,6 +3,10 @@
 A version that fails (unreadable or damaged package, failed export, failed smoke check) is logged
 once with the reason, counted in `appliance_ner_model_swap_failures` (and a failed ONNX export in
 `appliance_ner_export_failures` by reason), and not tried again by this process.
+
+A version that needs an ONNX export while the node's round holds the box's work turn
+(`appliance.work_turn`) is not a failure: it is tried again at the next check, and the previous
+version serves meanwhile; by then `current` may have moved on, and only the newest is exported.
 """
 
 from __future__ import annotations
@@ -12,6 +16,7 @@ import threading
 from pathlib import Path
 
 from appliance.registry import ModelRegistry, RegistryError
+from appliance.work_turn import TurnBusy
 from serving.backends.onnx_export import ExportError
 from serving.engine import Engine, ServedModel, load_served_model
 
@@ -26,6 +31,7 @@ class ModelWatcher:
         self.registry = ModelRegistry(registry)
         self.interval_s = interval_s
         self.failed: set[str] = set()  # not retried: a broken version stays broken
+        self.waiting: str | None = None  # the version whose export waits for the work turn
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="model-watcher", daemon=True)
 
@@ -39,8 +45,8 @@ class ModelWatcher:
     def _loop(self) -> None:
         while not self._stop.is_set():
             self.check_once()
-            self.engine.release_retired()
-            self.engine.collect_when_idle()
+            if not self.engine.release_retired():  # its collection covers the idle one's
+                self.engine.collect_when_idle()
             self._stop.wait(self.interval_s)
 
     def check_once(self) -> bool:
@@ -55,13 +61,22 @@ class ModelWatcher:
             return False
         if served is not None and served.version == current.version:
             return False
-        log.info("loading model version %s", current.version)
+        if self.waiting != current.version:
+            log.info("loading model version %s", current.version)
         try:
             with self.registry.loading(current.version) as held:  # `prune` leaves it alone
                 model = load_served_model(self.engine.config, held.path, held.version)
+        except TurnBusy:
+            if self.waiting != current.version:
+                log.info(
+                    "version %s waits for the node's round to end to be exported", current.version
+                )
+                self.waiting = current.version
+            return False
         except Exception as err:  # noqa: BLE001 - any failure must leave the old model serving
             self._refuse(current.version, err, served)
             return False
+        self.waiting = None
         self.engine.install(model)
         self.engine.metrics.swaps.inc()
         log.info("now serving version %s", current.version)

@@ -29,6 +29,9 @@ class BackendOptions:
     base: str | None = None  # where IT put the base weights on this box (default: package's)
     threads: int = 0  # intra-op threads (0: the runtime's default)
     release_memory: bool = True  # give model-run memory back to the OS when the queue is idle
+    work_turn: Path | None = (
+        None  # the registry whose work turn an export takes (appliance.work_turn)
+    )
 
 
 class BackendError(RuntimeError):

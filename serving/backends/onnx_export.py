@@ -35,6 +35,7 @@ import subprocess
 import sys
 import time
 from collections import Counter
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -42,6 +43,7 @@ import numpy as np
 
 from appliance.package_meta import verified_weights_sha256
 from appliance.registry import EXPORT_INFO
+from appliance.work_turn import work_turn
 from serving.backends.base import BackendError
 
 RECIPES: dict[str, dict[str, Any]] = {
@@ -115,10 +117,12 @@ def ensure_export(
     state_dir: Path,
     base: str | None,
     timeout_s: float = 3600,
+    turn: Path | None = None,
 ) -> Path:
     """The cached export of `package_path` (whose package.json is `meta`) for `backend`,
-    exported in a subprocess if missing. Raises ExportError (or PackageError for a package
-    whose weights differ from its package.json)."""
+    exported in a subprocess if missing, while holding the work turn of the registry `turn`
+    when given (without waiting: TurnBusy if a node's round holds it). Raises ExportError (or
+    PackageError for a package whose weights differ from its package.json)."""
     key = export_key(verified_weights_sha256(package_path, meta), meta, RECIPES[backend])
     target = state_dir / "exports" / f"{backend}-{key}"
     if (target / INFO_FILE).is_file():
@@ -127,7 +131,12 @@ def ensure_export(
     argv += ["--package", str(package_path), "--state-dir", str(state_dir), "--out", str(target)]
     if base:
         argv += ["--base", base]
-    code, said = _run_export(argv, target, timeout_s)
+    with (
+        work_turn(turn, f"serving's {backend} export of {package_path}", 0)
+        if turn
+        else nullcontext()
+    ):
+        code, said = _run_export(argv, target, timeout_s)
     if code != 0 or not (target / INFO_FILE).is_file():
         reason = NO_SPACE if code == EXIT_NO_SPACE else OTHER
         raise ExportError(f"{package_path}: ONNX export failed (exit {code}): {said}", reason)

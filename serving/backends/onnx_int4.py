@@ -36,7 +36,12 @@ class OnnxInt4Backend(Backend):
         super().__init__(package_path, options)
         self._meta = read_package_meta(package_path)
         self.export_dir = ensure_export(
-            self.name, package_path, self._meta, options.state_dir, options.base
+            self.name,
+            package_path,
+            self._meta,
+            options.state_dir,
+            options.base,
+            turn=options.work_turn,
         )
         try:
             info = json.loads((self.export_dir / INFO_FILE).read_text(encoding="utf-8"))

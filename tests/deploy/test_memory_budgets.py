@@ -121,6 +121,7 @@ def test_preflight_refuses_budgets_of_both_roles_that_exceed_the_host_memory(
         **{f"consortium_round_{k}": v for k, v in small.items()},
         **{f"hospital_node_serving_{k}": v for k, v in small.items()},
         **{f"hospital_node_report_{k}": v for k, v in small.items()},
+        "hospital_node_work_turn_memory": "256M",
     }
 
     # Execute
@@ -139,6 +140,59 @@ def test_preflight_refuses_budgets_of_both_roles_that_exceed_the_host_memory(
     ):
         assert setting in failed, (setting, failed[-3000:])
     assert f"({_memtotal_mib()} MiB)" in failed
+
+
+def _turn_budgets(serving_max: int, federation_max: int, turn: int) -> dict[str, str]:
+    """A hospital node's budgets in MiB, MemoryHigh a little under each MemoryMax."""
+    return {
+        "hospital_node_serving_memory_high": f"{serving_max - 64}M",
+        "hospital_node_serving_memory_max": f"{serving_max}M",
+        "hospital_node_federation_memory_high": f"{federation_max - 64}M",
+        "hospital_node_federation_memory_max": f"{federation_max}M",
+        "hospital_node_report_memory_high": "256M",
+        "hospital_node_report_memory_max": "512M",
+        "hospital_node_work_turn_memory": f"{turn}M",
+    }
+
+
+def test_preflight_counts_the_memory_taken_in_turns_once(tmp_path: Path) -> None:
+    # Prepare: serving and the federation daemon each get 55% of the host, 40% of it for the
+    # export and the round that take turns: 110% - 40% + 512M + headroom fits; 110% would not.
+    share, turn = _memtotal_mib() * 55 // 100, _memtotal_mib() * 40 // 100
+    inventory = _box(tmp_path, ["hospitals"])
+
+    # Execute
+    fits, fits_out = _ansible(
+        ["-i", str(inventory), "site.yml", "--tags", "preflight"], _turn_budgets(share, share, turn)
+    )
+    refused, refused_out = _ansible(
+        ["-i", str(inventory), "site.yml", "--tags", "preflight"], _turn_budgets(share, share, 64)
+    )
+
+    # Assert
+    assert fits == 0, fits_out[-3000:]
+    assert refused != 0, refused_out[-3000:]
+    assert (
+        f"hospital_node_federation_memory_max={share}M, hospital_node_report_memory_max=512M, "
+        "less hospital_node_work_turn_memory=64M taken in turns)"
+    ) in refused_out, refused_out[-3000:]
+
+
+def test_preflight_refuses_turn_memory_above_a_units_memory_max(tmp_path: Path) -> None:
+    # Prepare
+    inventory = _box(tmp_path, ["hospitals"])
+    budgets = _turn_budgets(2048, 1024, 1536)
+
+    # Execute
+    rc, output = _ansible(["-i", str(inventory), "site.yml", "--tags", "preflight"], budgets)
+
+    # Assert
+    assert rc != 0, output[-3000:]
+    assert (
+        "hospital_node_work_turn_memory=1536M is memory that appliance-serving.service and "
+        "appliance-federation.service take in turns, so it must be at most each one's MemoryMax "
+        "(hospital_node_serving_memory_max=2048M, hospital_node_federation_memory_max=1024M)"
+    ) in output, output[-3000:]
 
 
 def test_monitoring_playbook_renders_the_committed_budget_rules(tmp_path: Path) -> None:
@@ -273,13 +327,18 @@ def _default_gib(variable: str) -> dict[str, int]:
 
 def test_the_role_budgets_cover_the_peaks_measured_at_each_size() -> None:
     """Serving's MemoryMax holds serving and the export it runs; the federation daemon's holds a
-    node's round (benchmarks/results/scale.md, anonymous peaks; a failed round's too)."""
+    node's round (benchmarks/results/scale.md, anonymous peaks; a failed round's too). The memory
+    counted once for the two (the export and the round take turns) is no more than serving's
+    budget keeps beyond two served versions, nor the daemon's beyond 1 GiB for itself."""
     models = json.loads(SCALE.read_text(encoding="utf-8"))["models"]
     serving_max = _default_gib("hospital_node_serving_memory_max")
     federation_max = _default_gib("hospital_node_federation_memory_max")
+    turn = _default_gib("hospital_node_work_turn_memory")
     for name, m in models.items():
         serving = max(s["peak_rss_mb"] for s in m["serve"].values())
         export = max(e["run"]["anon_mb"] for e in m["export"].values())
         node = max(n["peak_anon_mb"] for r in m["rounds"].values() for n in r["nodes"].values())
         assert (serving + export) / 1024 <= serving_max[name], (name, serving, export)
         assert node / 1024 <= federation_max[name], (name, node)
+        assert turn[name] <= serving_max[name] - 2 * serving / 1024, (name, serving)
+        assert turn[name] <= federation_max[name] - 1, name

@@ -41,6 +41,7 @@ BUDGETS = {
         "federation_memory_high": "1536M",
         "federation_memory_max": "2G",
         "federation_cpu_weight": 40,
+        "work_turn_memory": "512M",
     },
     "consortium": {
         "superlink_memory_high": "1280M",

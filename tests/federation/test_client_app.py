@@ -4,12 +4,15 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from appliance.registry import ModelRegistry
+from appliance.work_turn import TurnBusy, work_turn
 from federation.client_app import HospitalClient, hospital_node, release_node
 from federation.journal import read_journal
 from federation.task import HospitalNode
+from tests.appliance.test_work_turn import holder
 from tests.federation.helpers import corpus, tiny_config
 
 
@@ -17,9 +20,14 @@ from tests.federation.helpers import corpus, tiny_config
 def client(tiny_llama: Path, tmp_path: Path) -> HospitalClient:
     notes = corpus(tmp_path / "c", 40, seed=1)
     heldout = corpus(tmp_path / "h", 12, seed=2)
-    node = HospitalNode.load(tiny_config(tiny_llama), notes, tmp_path / "n", "h", heldout)
-    node_config = {"registry": str(tmp_path / "registry"), "journal": str(tmp_path / "j.jsonl")}
-    return HospitalClient(node, node_config)
+    cfg = tiny_config(tiny_llama)
+    node = HospitalNode.load(cfg, notes, tmp_path / "n", "h", heldout)
+    node_config = {
+        "hospital": "h",
+        "registry": str(tmp_path / "registry"),
+        "journal": str(tmp_path / "j.jsonl"),
+    }
+    return HospitalClient(cfg, node_config, lambda: node)
 
 
 def test_evaluate_alone_leaves_the_registry_alone(client: HospitalClient):
@@ -61,3 +69,55 @@ def test_a_released_node_is_loaded_anew_by_the_next_message(tiny_llama: Path, tm
     release_node(first)
     again = hospital_node(cfg, node_config)
     assert again is not first and again.loaded is not None
+
+
+def test_a_round_loads_trains_and_promotes_inside_the_work_turn(tiny_llama: Path, tmp_path: Path):
+    # Prepare: a node whose loading proves the turn is taken by then
+    cfg = tiny_config(tiny_llama, local_epochs=1)
+    node = HospitalNode.load(cfg, corpus(tmp_path / "c", 16, seed=4), tmp_path / "n", "h", [])
+    registry = tmp_path / "registry"
+    probes: list[str] = []
+
+    def load() -> HospitalNode:
+        with pytest.raises(TurnBusy), work_turn(registry, "serving's export", 0):
+            pass
+        probes.append("held")
+        return node
+
+    client = HospitalClient(cfg, {"hospital": "h", "registry": str(registry)}, load)
+    parameters = list(node.initial_arrays().values())
+
+    # Execute
+    _, count, metrics = client.fit(parameters, {"server-round": 1})
+
+    # Assert
+    assert count > 0 and "declined" not in metrics and probes
+    with work_turn(registry, "serving's export", 0):  # given back when the round ended
+        pass
+
+
+def test_a_node_declines_a_round_while_serving_exports(tiny_llama: Path, tmp_path: Path):
+    # Prepare: serving's export (another process) holds the turn past the node's wait
+    cfg = tiny_config(tiny_llama, round_timeout_s=1.0)  # the node waits half of it
+    registry = tmp_path / "registry"
+    registry.mkdir()
+    journal = tmp_path / "j.jsonl"
+    node_config = {"hospital": "h", "registry": str(registry), "journal": str(journal)}
+
+    def load() -> HospitalNode:
+        raise AssertionError("a node without its turn loaded its model")
+
+    client = HospitalClient(cfg, node_config, load)
+    parameters = [np.zeros(3, dtype=np.float32)]
+
+    # Execute
+    with holder(registry):
+        fitted, count, metrics = client.fit(parameters, {"server-round": 3})
+        _, scored, _ = client.evaluate(parameters, {"server-round": 3, "promote": True})
+
+    # Assert
+    assert count == 0 and scored == 0 and fitted == parameters
+    assert "holds the work turn (waited 0.5 s)" in str(metrics["declined"])
+    declined = [e for e in read_journal(journal) if e.event == "round_declined"]
+    assert [e.fields["server_round"] for e in declined] == [3]
+    assert "h's training in round 3 did not run" in declined[0].fields["reason"]
