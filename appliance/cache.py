@@ -83,6 +83,7 @@ class PrefixCache:
             try:
                 stored = load_file(str(path))
                 states = [stored[f"w{i}"] for i in range(len(windows))]
+                os.utime(path)  # in use: a node that prunes unused entries keeps it
                 log.info("activation cache hit: %s (%d windows)", path.name, len(windows))
                 return states, True
             except (OSError, KeyError, RuntimeError, SafetensorError) as err:

@@ -10,7 +10,7 @@ from collections.abc import Callable, Sequence
 from importlib.metadata import entry_points
 from pathlib import Path
 
-from appliance import cert_commands, registry_cli, remote
+from appliance import cert_commands, notes_cli, registry_cli, remote
 from appliance.config import ATTENTION_MODES, OPTIMIZERS, QUANTIZATIONS
 from appliance.errors import ModelLoadError, PackageError
 from appliance.exits import EXIT_INPUT, EXIT_MODEL, EXIT_OK, EXIT_USAGE, CommandError
@@ -98,6 +98,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     cert_commands.add_parser(sub)
     registry_cli.add_parser(sub)
+    notes_cli.add_parser(sub)
     _register_plugins(sub)
     return parser
 

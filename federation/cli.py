@@ -9,11 +9,12 @@ from pathlib import Path
 from typing import Any
 
 from appliance.exits import EXIT_INPUT, EXIT_MODEL, CommandError
+from appliance.note_store import StoreError
 from appliance.notes import NotesError
-from appliance.readers import read_notes
 from appliance.registry import ModelRegistry, RegistryError
 from federation.daemon_config import DaemonConfig, load_daemon_config
 from federation.journal import RoundJournal, read_journal
+from federation.notes_source import read_node_notes
 
 log = logging.getLogger(__name__)
 
@@ -101,8 +102,8 @@ def manual_promote(args: argparse.Namespace) -> dict[str, Any]:
 
     cfg = _config(args)
     try:
-        heldout = read_notes(str(cfg.heldout)).notes
-    except NotesError as err:
+        heldout = read_node_notes(cfg.node_values()).heldout
+    except (NotesError, StoreError) as err:
         raise CommandError(f"held-out notes: {err}", EXIT_INPUT) from err
     tolerance = cfg.tolerance if args.tolerance is None else args.tolerance
     try:

@@ -20,6 +20,7 @@ from __future__ import annotations
 import json
 import logging
 import tempfile
+import time
 from collections.abc import Callable
 from contextlib import AbstractContextManager, nullcontext
 from pathlib import Path
@@ -32,17 +33,18 @@ from flwr.client.mod import fixedclipping_mod, secaggplus_mod
 from flwr.common import Context, Message
 from flwr.common.secure_aggregation.secaggplus_constants import RECORD_KEY_CONFIGS
 
-from appliance.readers import read_notes
 from appliance.work_turn import TurnBusy, work_turn
 from federation.audit import audit_mod
 from federation.config import FederationConfig, from_run_config
 from federation.journal import RoundJournal
+from federation.notes_source import NodeNotes, mark_trained, read_node_notes, too_few_new
 
 if TYPE_CHECKING:  # torch and transformers load only when a message reaches the client
     from federation.task import HospitalNode
 
 log = logging.getLogger(__name__)
 _NODES: dict[str, HospitalNode] = {}  # one per (node config, run config) for the process
+_NOTES: dict[str, NodeNotes] = {}  # the notes each of them was loaded with
 
 
 def hospital_node(cfg: FederationConfig, node_config: dict[str, Any]) -> HospitalNode:
@@ -53,26 +55,42 @@ def hospital_node(cfg: FederationConfig, node_config: dict[str, Any]) -> Hospita
 
     key = _node_key(cfg, node_config)
     if key not in _NODES:
-        notes = read_notes(str(node_config["notes"])).notes
-        heldout_path = node_config.get("heldout")
-        heldout = read_notes(str(heldout_path)).notes if heldout_path else []
+        notes = node_notes(cfg, node_config)
         state = Path(str(node_config.get("state-dir", Path(tempfile.gettempdir()) / "node")))
         name = str(node_config.get("hospital", "hospital"))
         bases = node_config.get("bases-dir")  # a GGUF base shared by the box's processes
         _NODES[key] = HospitalNode.load(
-            cfg, notes, state, name, heldout, Path(str(bases)) if bases else None
+            cfg, notes.train, state, name, notes.heldout, Path(str(bases)) if bases else None
         )
     return _NODES[key]
+
+
+def node_notes(cfg: FederationConfig, node_config: dict[str, Any]) -> NodeNotes:
+    """The notes the process's node for this run trains and scores on, read once."""
+    key = _node_key(cfg, node_config)
+    if key not in _NOTES:
+        _NOTES[key] = read_node_notes(node_config)
+    return _NOTES[key]
 
 
 def _node_key(cfg: FederationConfig, node_config: dict[str, Any]) -> str:
     return json.dumps([sorted(node_config.items()), repr(cfg)], default=str)
 
 
+def forget_node(cfg: FederationConfig, node_config: dict[str, Any]) -> None:
+    """Forget the notes read for this run and free its node, if one was loaded."""
+    key = _node_key(cfg, node_config)
+    _NOTES.pop(key, None)
+    node = _NODES.get(key)
+    if node is not None:
+        release_node(node)
+
+
 def release_node(node: HospitalNode) -> None:
     """Free `node`'s model and forget the node: a later message of this process loads it anew."""
     for key in [k for k, v in _NODES.items() if v is node]:
         del _NODES[key]
+        _NOTES.pop(key, None)
     node.release_model()
 
 
@@ -110,12 +128,23 @@ class HospitalClient(NumPyClient):
     def fit(self, parameters: list[np.ndarray], config: dict[str, Any]):  # type: ignore[override]
         server_round = int(config.get("server-round", 0))
         self._record("round_started", server_round=server_round)
+        notes = node_notes(self.cfg, self.node_config) if "note-store" in self.node_config else None
+        why = too_few_new(self.node_config, notes) if notes is not None else None
+        started = time.time()
         try:
-            with self._turn(f"training in round {server_round}"):
-                return self._fit(parameters, server_round, config)
+            if why is None:
+                with self._turn(f"training in round {server_round}"):
+                    fitted = self._fit(parameters, server_round, config)
         except TurnBusy as err:
-            self._record("round_declined", server_round=server_round, reason=str(err)[:200])
-            return parameters, 0, {"declined": str(err)[:200]}
+            why = str(err)
+        if notes is not None and why is None and "declined" not in fitted[2]:
+            mark_trained(self.node_config, notes, self.node.state_dir, started)
+        if notes is not None:  # the next message reads the store anew
+            forget_node(self.cfg, self.node_config)
+        if why is not None:
+            self._record("round_declined", server_round=server_round, reason=why[:200])
+            return parameters, 0, {"declined": why[:200]}
+        return fitted
 
     def _fit(
         self, parameters: list[np.ndarray], server_round: int, config: dict[str, Any]

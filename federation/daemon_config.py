@@ -14,7 +14,10 @@ from appliance.registry import KEEP_VERSIONS, check_keep
 from appliance.tomlconfig import check_keys, read_toml, table
 
 # The node-config keys the ClientApp reads (from `context.node_config`).
-NODE_KEYS = ("hospital", "notes", "heldout", "state-dir", "registry", "journal", "tolerance")
+NODE_KEYS = (
+    *("hospital", "notes", "heldout", "note-store", "heldout-fraction", "min-new-notes"),
+    *("state-dir", "registry", "journal", "tolerance"),
+)
 # The privacy ledger the ClientApp keeps in the node's state dir (`federation.privacy`).
 LEDGER_FILE = "privacy-ledger.json"
 
@@ -63,16 +66,42 @@ class DaemonConfig:
         metadata={"help": "this hospital's name in the consortium (letters, digits, '-' or '_')"}
     )
     superlink: str = field(metadata={"help": "the consortium SuperLink's Fleet API, host:port"})
-    notes: Path = field(
-        metadata={"help": "annotated notes this hospital trains on (any format the core reads)"}
-    )
-    heldout: Path = field(
-        metadata={"help": "held-out annotated notes: promotion is decided on these"}
-    )
     state_dir: Path = field(
         metadata={"help": "caches, privacy ledger, compression residuals, journal"}
     )
     registry: Path = field(metadata={"help": "the model registry serving follows"})
+    note_store: Path | None = field(
+        default=None,
+        metadata={
+            "help": "the clinicians' annotated-notes store serving's curation service writes: "
+            "each round trains on a snapshot of it (set this, or notes and heldout)"
+        },
+    )
+    heldout_fraction: float = field(
+        default=0.2,
+        metadata={
+            "help": "with note_store: the share of note ids held out for promotion, chosen by "
+            "a keyed hash of the id (a held-out note never trains), in (0, 1)"
+        },
+    )
+    min_new_notes: int = field(
+        default=1,
+        metadata={
+            "help": "with note_store: new or changed notes since the box's last round below "
+            "which it sits a round out (and says so in its journal)"
+        },
+    )
+    notes: Path | None = field(
+        default=None,
+        metadata={
+            "help": "a file of annotated notes to train on instead of note_store (any format "
+            "the core reads)"
+        },
+    )
+    heldout: Path | None = field(
+        default=None,
+        metadata={"help": "with notes: held-out annotated notes promotion is decided on"},
+    )
     window: str = field(
         default="01:00-05:00",
         metadata={
@@ -145,6 +174,7 @@ class DaemonConfig:
             "root_certificates",
             "auth_private_key",
             "serving_exports",
+            "note_store",
         ):
             value = getattr(self, name)
             if value is not None and not isinstance(value, Path):
@@ -163,9 +193,21 @@ class DaemonConfig:
         if not 0.0 <= self.tolerance <= 1.0:
             raise ValueError(f"tolerance {self.tolerance}: must be within [0, 1]")
         check_keep(self.keep_versions, "keep_versions")
+        self._check_notes()
         clash = set(self.node_config) & set(NODE_KEYS)
         if clash:
             raise ValueError(f"node_config may not override {sorted(clash)}")
+
+    def _check_notes(self) -> None:
+        files = (self.notes is not None, self.heldout is not None)
+        if self.note_store is None and files != (True, True):
+            raise ValueError("set note_store, or notes and heldout (annotated files)")
+        if self.note_store is not None and any(files):
+            raise ValueError("note_store and notes/heldout: set one source of notes, not both")
+        if not 0.0 < self.heldout_fraction < 1.0:
+            raise ValueError(f"heldout_fraction {self.heldout_fraction}: must be within (0, 1)")
+        if self.min_new_notes < 0:
+            raise ValueError(f"min_new_notes {self.min_new_notes}: must be at least 0")
 
     @property
     def time_window(self) -> TimeWindow:
@@ -181,17 +223,25 @@ class DaemonConfig:
 
     def node_config_arg(self) -> str:
         """The `--node-config` value: what the ClientApp needs to find this hospital's data."""
-        values: dict[str, Any] = {
-            "hospital": self.hospital,
-            "notes": str(self.notes),
-            "heldout": str(self.heldout),
+        return " ".join(f"{k}={toml_value(v)}" for k, v in self.node_values().items())
+
+    def node_values(self) -> dict[str, Any]:
+        """The node config the ClientApp gets, as a dict (`NODE_KEYS` and `node_config`)."""
+        values: dict[str, Any] = {"hospital": self.hospital}
+        if self.note_store is not None:
+            values["note-store"] = str(self.note_store)
+            values["heldout-fraction"] = self.heldout_fraction
+            values["min-new-notes"] = self.min_new_notes
+        else:
+            values["notes"], values["heldout"] = str(self.notes), str(self.heldout)
+        values |= {
             "state-dir": str(self.state_dir),
             "registry": str(self.registry),
             "journal": str(self.journal),
             "tolerance": self.tolerance,
             **self.node_config,
         }
-        return " ".join(f"{k}={toml_value(v)}" for k, v in values.items())
+        return values
 
     def command(self) -> list[str]:
         """The SuperNode command line the daemon supervises."""

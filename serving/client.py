@@ -1,4 +1,4 @@
-"""A small typed Python client for `appliance.ner.v1.NerService`."""
+"""A small typed Python client for `appliance.ner.v1.NerService` and the curation service."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from types import TracebackType
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from serving.api import ner_pb2, ner_pb2_grpc
+from serving.api import curation_pb2, curation_pb2_grpc, ner_pb2, ner_pb2_grpc
 from serving.tls import channel_credentials
 
 UNITS = {
@@ -18,6 +18,12 @@ UNITS = {
     "utf16": ner_pb2.OFFSET_UNIT_UTF16,
     "utf8": ner_pb2.OFFSET_UNIT_UTF8,
 }
+KINDS = {
+    "corrected": curation_pb2.ANNOTATION_KIND_CORRECTED,
+    "accepted": curation_pb2.ANNOTATION_KIND_ACCEPTED,
+    "rejected": curation_pb2.ANNOTATION_KIND_REJECTED,
+}
+Entity = tuple[int, int, str]  # begin, end (half-open), category
 
 
 def request(
@@ -58,6 +64,7 @@ class NerClient:
             options = [("grpc.ssl_target_name_override", server_name)] if server_name else []
             self.channel = grpc.secure_channel(target, channel_credentials(ca, cert, key), options)
         self.stub = ner_pb2_grpc.NerServiceStub(self.channel)
+        self.curation = curation_pb2_grpc.CurationServiceStub(self.channel)
 
     def analyze(self, text: str, **fields: object) -> ner_pb2.AnalyzeResponse:
         """Annotate one note (fields: note_id, unit, categories, include_text)."""
@@ -98,6 +105,53 @@ class NerClient:
             ner_pb2.GetInfoRequest(), timeout=self.timeout
         )
         return response
+
+    def submit_annotation(
+        self,
+        note_id: str,
+        revision: int,
+        text: str,
+        entities: Iterable[Entity],
+        annotator: str,
+        kind: str = "corrected",
+        model_version: str = "",
+        unit: str = "code_point",
+    ) -> curation_pb2.SubmitAnnotationResponse:
+        """Store one annotated revision of a note (a retry of the same revision is answered
+        DUPLICATE, so it is safe to repeat); `kind`: corrected, accepted or rejected."""
+        if kind not in KINDS:
+            raise ValueError(f"kind: {kind!r} unknown; choose one of {sorted(KINDS)}")
+        if unit not in UNITS:
+            raise ValueError(f"unit: {unit!r} unknown; choose one of {sorted(UNITS)}")
+        spans = [curation_pb2.AnnotatedEntity(begin=b, end=e, category=c) for b, e, c in entities]
+        submission = curation_pb2.SubmitAnnotationRequest(
+            note_id=note_id,
+            revision=revision,
+            text=text,
+            entities=spans,
+            offset_unit=UNITS[unit],
+            annotator=annotator,
+            kind=KINDS[kind],
+            model_version=model_version,
+        )
+        response: curation_pb2.SubmitAnnotationResponse = self.curation.SubmitAnnotation(
+            submission, timeout=self.timeout
+        )
+        return response
+
+    def delete_note(self, note_id: str, reason: str) -> bool:
+        """Remove a note from the box's store for good; False when none was stored."""
+        deleted: curation_pb2.DeleteNoteResponse = self.curation.DeleteNote(
+            curation_pb2.DeleteNoteRequest(note_id=note_id, reason=reason), timeout=self.timeout
+        )
+        return deleted.deleted
+
+    def store_stats(self) -> curation_pb2.GetStoreStatsResponse:
+        """What the box's note store holds (counts only)."""
+        stats: curation_pb2.GetStoreStatsResponse = self.curation.GetStoreStats(
+            curation_pb2.GetStoreStatsRequest(), timeout=self.timeout
+        )
+        return stats
 
     def close(self) -> None:
         self.channel.close()

@@ -119,6 +119,31 @@ class ServingConfig:
         default=False,
         metadata={"help": "refuse to start without mTLS (tls_cert, tls_key and tls_client_ca)"},
     )
+    note_store: Path | None = field(
+        default=None,
+        metadata={
+            "help": "the clinicians' annotated-notes store (SQLite) the curation service writes "
+            "and the nightly round trains on; unset: no curation service"
+        },
+    )
+    allow_analyze: tuple[str, ...] = field(
+        default=(),
+        metadata={
+            "help": "with mTLS: client-certificate subjects (common name or whole subject) "
+            "that may call the NER service; empty: every client the CA signed"
+        },
+    )
+    allow_curate: tuple[str, ...] = field(
+        default=(),
+        metadata={
+            "help": "with mTLS: subjects that may submit annotations and read the note "
+            "store's stats; empty: none"
+        },
+    )
+    allow_delete: tuple[str, ...] = field(
+        default=(),
+        metadata={"help": "with mTLS: subjects that may delete notes from the store; empty: none"},
+    )
 
     def __post_init__(self) -> None:
         if (self.package is None) == (self.registry is None):
@@ -155,16 +180,36 @@ class ServingConfig:
                 f"host: plaintext is allowed only on loopback, not {self.host!r}; "
                 "set tls_cert/tls_key (and tls_client_ca for mTLS) or bind 127.0.0.1"
             )
+        self._check_allow_lists()
+
+    def _check_allow_lists(self) -> None:
+        for name in ("allow_analyze", "allow_curate", "allow_delete"):
+            subjects = getattr(self, name)
+            if subjects and not self.mtls:
+                raise ValueError(f"{name}: allow-lists need mTLS (tls_client_ca) to know callers")
+            for subject in subjects:
+                if not isinstance(subject, str) or not subject.strip():
+                    raise ValueError(f"{name}: {subject!r} is not a certificate subject")
+        if self.note_store is not None and not self.mtls and not is_loopback(self.host):
+            raise ValueError(
+                f"note_store: the curation service writes training data, so off loopback "
+                f"({self.host!r}) it needs mTLS (tls_client_ca) and allow_curate"
+            )
 
     @property
     def mtls(self) -> bool:
         return self.tls_client_ca is not None
 
 
-_PATHS = {"package", "registry", "state_dir", "tls_cert", "tls_key", "tls_client_ca"}
+_PATHS = {"package", "registry", "state_dir", "tls_cert", "tls_key", "tls_client_ca", "note_store"}
+_LISTS = {"allow_analyze", "allow_curate", "allow_delete"}
 
 
 def _coerce(name: str, value: Any) -> Any:
+    if name in _LISTS and isinstance(value, list):
+        return tuple(value)
+    if name in _LISTS and not isinstance(value, tuple):
+        raise ValueError(f"{name}: a list of certificate subjects, not {value!r}")
     return Path(value) if name in _PATHS and value is not None else value
 
 

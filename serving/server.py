@@ -12,17 +12,21 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from serving.api import ner_pb2
+from appliance.note_store import NoteStore, StoreError
+from serving.api import curation_pb2, ner_pb2
+from serving.authz import Permissions
 from serving.config import ServingConfig
+from serving.curation import CurationServicer
 from serving.engine import Engine, load_served_model
 from serving.metrics import ServingMetrics
 from serving.servicer import NerServicer
 from serving.tls import server_credentials
 from serving.watcher import ModelWatcher
-from serving.wire import add_ner_service
+from serving.wire import add_curation_service, add_ner_service
 
 log = logging.getLogger(__name__)
 SERVICE = ner_pb2.DESCRIPTOR.services_by_name["NerService"].full_name
+CURATION = curation_pb2.DESCRIPTOR.services_by_name["CurationService"].full_name
 
 
 class NerServer:
@@ -34,6 +38,7 @@ class NerServer:
         self.engine = engine
         self.health = health.HealthServicer()
         self.metrics_server: WSGIServer | None = None
+        self.store: NoteStore | None = None  # the note store the curation service writes
         self.watcher = (
             ModelWatcher(engine, config.registry, config.watch_interval_s)
             if config.registry
@@ -96,6 +101,8 @@ class NerServer:
         if self.watcher is not None:
             self.watcher.stop()
         self.engine.stop()
+        if self.store is not None:
+            self.store.close()
         if self.metrics_server is not None:
             self.metrics_server.shutdown()
             self.metrics_server.server_close()
@@ -105,16 +112,27 @@ def create_server(config: ServingConfig) -> tuple[NerServer, int]:
     """Build (not start) the server; the port is the bound one (config.port 0: any free port)."""
     metrics = ServingMetrics()
     engine = Engine(config, metrics)
+    interceptors = []
+    if config.mtls:
+        allow = {
+            "analyze": config.allow_analyze,
+            "curate": config.allow_curate,
+            "delete": config.allow_delete,
+        }
+        interceptors.append(Permissions(allow, lambda p: metrics.permission_denied.labels(p).inc()))
     server = grpc.server(
         futures.ThreadPoolExecutor(max_workers=config.workers, thread_name_prefix="ner-rpc"),
         maximum_concurrent_rpcs=config.workers + config.max_queue,
+        interceptors=interceptors,
     )
     add_ner_service(NerServicer(engine), server)
     app = NerServer(config, server, engine)
+    services = [SERVICE, health.SERVICE_NAME, reflection.SERVICE_NAME]
+    if config.note_store is not None:
+        app.store = _curation(config, engine, server)
+        services.append(CURATION)
     health_pb2_grpc.add_HealthServicer_to_server(app.health, server)
-    reflection.enable_server_reflection(
-        (SERVICE, health.SERVICE_NAME, reflection.SERVICE_NAME), server
-    )
+    reflection.enable_server_reflection(tuple(services), server)
     address = f"{config.host}:{config.port}"
     credentials = server_credentials(config)
     if credentials is None:
@@ -124,3 +142,20 @@ def create_server(config: ServingConfig) -> tuple[NerServer, int]:
     if port == 0:
         raise ValueError(f"host/port: cannot bind {address}")
     return app, port
+
+
+def _curation(config: ServingConfig, engine: Engine, server: grpc.Server) -> NoteStore:
+    """Open the note store and serve the curation service over it."""
+    assert config.note_store is not None
+    try:
+        store = NoteStore(config.note_store, max_note_chars=config.max_note_chars)
+    except StoreError as err:
+        raise ValueError(f"note_store: {err}") from err
+
+    def categories() -> tuple[str, ...] | None:
+        model = engine.model
+        return None if model is None else model.categories
+
+    add_curation_service(CurationServicer(store, engine.metrics, categories), server)
+    engine.metrics.watch_store(store.stats)
+    return store

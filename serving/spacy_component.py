@@ -1,4 +1,5 @@
-"""spaCy pipeline component `appliance_ner`: sets `doc.ents` from the gRPC endpoint."""
+"""spaCy pipeline component `appliance_ner`: sets `doc.ents` from the gRPC endpoint, and sends a
+clinician's corrected `doc.ents` back to the box's note store (`RemoteNer.submit`)."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from serving.client import NerClient
 log = logging.getLogger(__name__)
 MISALIGNED = "appliance_misaligned"  # doc.user_data key: entities not on spaCy token boundaries
 UNPLACED = "appliance_unplaced"  # widened entities that collided with another of another category
+MODEL_VERSION = "appliance_model_version"  # doc.user_data key: the version whose entities these are
 
 
 def _merge_widened(doc: Doc, spans: list[Span]) -> list[Span]:
@@ -67,8 +69,25 @@ class RemoteNer:
             log.warning("%d entities widened to token boundaries", len(misaligned))
         doc.user_data[MISALIGNED] = misaligned
         doc.user_data[UNPLACED] = []
+        doc.user_data[MODEL_VERSION] = response.model_version
         doc.ents = _merge_widened(doc, spans)
         return doc
+
+    def submit(
+        self, doc: Doc, note_id: str, revision: int, annotator: str, kind: str = "corrected"
+    ) -> str:
+        """Send `doc.ents` (as a clinician left them) to the box's note store as revision
+        `revision` of note `note_id`; returns the outcome: stored, duplicate or stale."""
+        response = self.client.submit_annotation(
+            note_id,
+            revision,
+            doc.text,
+            [(e.start_char, e.end_char, e.label_) for e in doc.ents],
+            annotator,
+            kind=kind,
+            model_version=str(doc.user_data.get(MODEL_VERSION, "")),
+        )
+        return str(response.Outcome.Name(response.outcome)).removeprefix("OUTCOME_").lower()
 
 
 @Language.factory(

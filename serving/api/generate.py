@@ -8,11 +8,11 @@ from pathlib import Path
 from grpc_tools import protoc
 
 ROOT = Path(__file__).resolve().parents[2]
-PROTOS = ("serving/api/ner.proto",)
+PROTOS = ("serving/api/ner.proto", "serving/api/curation.proto")
 
 
 def generate(out_dir: Path = ROOT) -> None:
-    """Write ner_pb2.py, ner_pb2.pyi and ner_pb2_grpc.py under `out_dir`/serving/api."""
+    """Write each proto's _pb2.py, _pb2.pyi and _pb2_grpc.py under `out_dir`/serving/api."""
     for proto in PROTOS:
         args = [
             "protoc",

@@ -17,6 +17,9 @@ import numpy as np
 import pytest
 from safetensors.numpy import load_file
 
+from appliance.annotations import Annotation
+from appliance.note_store import NoteStore
+from appliance.readers import read_notes
 from appliance.registry import ModelRegistry
 from demo.consortium import Consortium
 from federation.deploy import make_certificates
@@ -29,20 +32,29 @@ HOSPITALS = ["hospital-a", "hospital-b", "hospital-c"]
 
 
 def _node_config(root: Path, hospital: str, seed: int) -> dict[str, object]:
+    """Notes from files; hospital-b's from its note store (the same notes, imported)."""
     notes = write_jsonl(root / f"{hospital}.jsonl", 60, seed=seed)
     with notes.open("a", encoding="utf-8") as handle:
         record = {"id": "canary", "text": f"{CANARY} was given aspirin .", "entities": []}
         handle.write(json.dumps(record) + "\n")
     heldout = write_jsonl(root / f"{hospital}-heldout.jsonl", 20, seed=seed + 50)
     state = root / hospital
+    sources: dict[str, object] = {"notes": str(notes), "heldout": str(heldout)}
+    if hospital == "hospital-b":
+        store = state / "notes.sqlite"
+        with NoteStore(store) as opened:
+            for note in read_notes(notes).notes + read_notes(heldout).notes:
+                annotation = Annotation(note.note_id, 1, note.text, note.entities, "c", "corrected")
+                opened.submit(annotation, "import")
+        sources = {"note-store": str(store), "heldout-fraction": 0.25, "min-new-notes": 0}
     return {
         "hospital": hospital,
-        "notes": str(notes),
-        "heldout": str(heldout),
+        **sources,
         "state-dir": str(state),
         "registry": str(state / "registry"),
         "journal": str(state / "journal.jsonl"),
         "audit-dir": str(state / "audit"),
+        "source": str(notes),
     }
 
 
@@ -106,10 +118,11 @@ def test_consortium_rounds_survive_a_dead_node_and_send_only_tensors(
 
 
 def _audit(configs: dict) -> None:
-    """Every reply holds only numeric tensors and scalar values; no note text, no canary."""
+    """Every reply holds only numeric tensors and scalar values; no note text, no canary, from
+    files or from a note store."""
     note_texts = [CANARY, "CANARY-7f3a"]
     for hospital, config in configs.items():
-        for line in Path(str(config["notes"])).read_text().splitlines()[:5]:
+        for line in Path(str(config["source"])).read_text().splitlines()[:5]:
             note_texts.append(json.loads(line)["text"])
         audit = Path(str(config["audit-dir"]))
         summaries = sorted(audit.glob("*.json"))

@@ -14,7 +14,10 @@ from serving.offsets import CODE_POINT, UTF8, UTF16, offset_table
 
 def test_generated_code_is_up_to_date(tmp_path: Path) -> None:
     generate(tmp_path)
-    for name in ("ner_pb2.py", "ner_pb2.pyi", "ner_pb2_grpc.py"):
+    for name in (
+        *("ner_pb2.py", "ner_pb2.pyi", "ner_pb2_grpc.py"),
+        *("curation_pb2.py", "curation_pb2.pyi", "curation_pb2_grpc.py"),
+    ):
         fresh, committed = tmp_path / "serving/api" / name, ROOT / "serving/api" / name
         assert filecmp.cmp(fresh, committed, shallow=False), (
             f"regenerate {name}: python -m serving.api.generate"
