@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import json
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -35,11 +36,14 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     exports = commands.add_parser("export", help="write the store's training notes as JSONL")
     exports.add_argument("--out", type=Path, required=True, help="the JSONL file to write")
     stats = commands.add_parser("stats", help="counts by kind and category, size on disk")
-    for parser in (imports, exports, stats):
+    audit = commands.add_parser("audit", help="who submitted or deleted which note, and when")
+    audit.add_argument("--limit", type=int, default=100, help="newest entries (100)")
+    for parser in (imports, exports, stats, audit):
         parser.add_argument("--store", type=Path, required=True, help="the note store (SQLite)")
     imports.set_defaults(handler=import_command)
     exports.set_defaults(handler=export_command)
     stats.set_defaults(handler=stats_command)
+    audit.set_defaults(handler=audit_command)
 
 
 def _annotation(note: Note, args: argparse.Namespace) -> Annotation:
@@ -113,6 +117,14 @@ def stats_command(args: argparse.Namespace) -> dict[str, Any]:
         "changed_since_round": stats.changed_since_round,
         "bytes_on_disk": stats.bytes_on_disk,
     }
+
+
+def audit_command(args: argparse.Namespace) -> dict[str, Any]:
+    if args.limit < 1:
+        raise ValueError(f"--limit: must be at least 1, got {args.limit}")
+    with _open(args.store) as store:
+        entries = store.audit(args.limit)
+    return {"store": str(args.store), "entries": [asdict(entry) for entry in entries]}
 
 
 def _open(path: Path) -> NoteStore:

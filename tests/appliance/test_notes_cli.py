@@ -108,6 +108,9 @@ def test_a_deleted_note_is_refused_and_a_changed_one_needs_a_new_revision(
     assert code == 3 and "stored at revision 1 with other content" in err
     assert f"{source}:1: note 'a'" in err
     assert fixed[0] == 0 and fixed[1]["refused_deleted"] == ["b"] and fixed[1]["stored"] == 2
+    audit = _run(capsys, "notes", "audit", "--store", str(store), "--limit", "3")[1]["entries"]
+    assert [(e["action"], e["note_id"], e["outcome"]) for e in audit][-1][:2] == ("submit", "a")
+    assert len(audit) == 3 and not any("Aspirin" in json.dumps(e) for e in audit)
     with NoteStore(store) as opened:
         assert sorted(n.note_id for n in opened.snapshot().notes) == ["a", "c"]
 

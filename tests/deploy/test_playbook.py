@@ -161,6 +161,7 @@ def _inventory(work: Path, a: dict[str, Path], ports: dict[str, int]) -> Path:
         "hospital_node_federation_metrics_host": "127.0.0.1",
         "hospital_node_federation_metrics_port": ports["federation_metrics"],
         "hospital_node_supernode_port": ports["supernode"],
+        "hospital_node_allow_curate": ["ehr-client"],  # the client certificate of make_pki
         **{f"hospital_node_{k}": v for k, v in BUDGETS["hospital_node"].items()},
         **_allocator(),
     }
@@ -267,6 +268,26 @@ def test_installed_appliance_answers_health_and_a_note_over_mtls(deployed: Deplo
     assert "changed=" in first
     result = _analyze_over_mtls(work, ports, "Cisplatin-induced nephrotoxicity was excluded.")
     assert result.model_version.startswith("000001")
+
+
+def test_the_notes_files_are_in_the_store_and_corrections_come_in(deployed: Deployed) -> None:
+    import grpc
+
+    from serving.client import NerClient
+
+    work, _, ports, _ = deployed
+    pki = work / "pki"
+    target = f"localhost:{ports['grpc']}"
+    with NerClient(target, ca=pki / "ca.pem", cert=pki / "client.pem", key=pki / "client.key") as c:
+        c.wait_ready(180)
+        imported = c.store_stats().notes
+        c.submit_annotation("ehr-1", 1, "Aspirin caused fever.", [(0, 7, "Chemical")], "coder-1")
+        with pytest.raises(grpc.RpcError, match="may not delete"):
+            c.delete_note("ehr-1", "filed in error")  # allow_delete is empty
+        assert imported == 80 and c.store_stats().notes == 81  # 60 annotated + 20 held-out + 1
+    daemon = next((work / "root/etc/appliance").glob("daemon.toml")).read_text()
+    keys = {line.split(" = ")[0] for line in daemon.splitlines() if " = " in line}
+    assert {"note_store", "min_new_notes"} <= keys and not {"notes", "heldout"} & keys
 
 
 def test_plaintext_client_is_refused_by_the_production_box(deployed: Deployed) -> None:
