@@ -3,15 +3,20 @@
 A consortium of three hospital boxes: one `flower-superlink` (TLS, SuperNode authentication),
 and per box the nightly federation daemon (`appliance federate daemon`, which runs the box's
 `flower-supernode` inside its training window) and the serving process (`appliance serve`,
-following the box's model registry). BC5CDR training sentences are split over the boxes with
-a Dirichlet label skew; each box also gets its own held-out sentences for promotion. The
-consortium runs a few rounds (LoRA on the top 8 layers, SecAgg+ on the server, DP-SGD at each
-box with `--dp`); after each round every box promotes the global model into its registry if it
-is not worse on its held-out notes, and serving swaps it in. Then an EHR-style client sends a sample
-note over gRPC. Everything is started as real processes and stopped at the end or on Ctrl-C.
+following the box's model registry, with the curation API). BC5CDR training sentences are split
+over the boxes with a Dirichlet label skew; each box also gets its own held-out sentences, and
+both go into the box's note store, which its rounds train on (a keyed hash of the note id holds
+a share out for promotion). The consortium runs a few rounds (LoRA on the top 8 layers, SecAgg+
+on the server, DP-SGD at each box with `--dp`); after each round every box promotes the global
+model into its registry if it is not worse on its held-out notes, and serving swaps it in.
+Meanwhile a simulated EHR at each box (`demo.ehr`) shows clinicians the served model's entities
+for new notes and sends their corrections back through the curation API; later rounds train on
+them. Then an EHR-style client sends a sample note over gRPC. Everything is started as real
+processes and stopped at the end or on Ctrl-C.
 
-Serving and federation meet only through the registry on disk: this module starts both as
-`appliance` processes and talks to serving through its CLI and its metrics endpoint.
+Serving and federation meet only through the registry and the note store on disk: this module
+starts both as `appliance` processes and talks to serving through its CLI, its gRPC API and its
+metrics endpoint.
 """
 
 from __future__ import annotations
@@ -32,10 +37,12 @@ from pathlib import Path
 from typing import Any
 
 from appliance.config import ModelConfig
+from appliance.notes import Note
 from appliance.readers import read_notes
 from appliance.registry import ModelRegistry
 from appliance.writers import write_conll
 from demo.consortium import Consortium, RunResult
+from demo.ehr import SimulatedEhr, collected, import_notes
 from demo.plan import DemoPlan
 from demo.progress import Progress, say
 from demo.sources import DATA, SAMPLE_NOTE
@@ -56,6 +63,12 @@ class Box:
     serving_metrics: int = field(default_factory=free_port)
     daemon_metrics: int = field(default_factory=free_port)
     runtime_port: int = field(default_factory=free_port)
+    unseen: list[Note] = field(default_factory=list)  # the EHR's new notes, shown then corrected
+    imported: int = 0  # annotated notes put into its note store at the start
+
+    @property
+    def note_store(self) -> Path:
+        return self.root / "notes.sqlite"
 
     @property
     def registry(self) -> Path:
@@ -129,6 +142,8 @@ class ConsortiumDemo:
         self.boxes = [Box(name, workdir / name) for name in HOSPITALS]
         self.consortium: Consortium | None = None
         self.progress = Progress(self.boxes, plan.rounds, plan.federation.dp_delta)
+        self.stop_ehr = threading.Event()
+        self.ehrs: list[SimulatedEhr] = []
 
     def run(self) -> dict[str, Any]:
         started = time.monotonic()
@@ -138,6 +153,7 @@ class ConsortiumDemo:
             base = threading.Thread(target=self._materialize, daemon=True)
             base.start()  # one core dequantizes while the other starts the processes
             self._start()
+            self._start_ehrs()
             base.join()
             if self.progress.full_model_bytes == 0:
                 raise RuntimeError(f"the base model did not load; see {self.workdir}")
@@ -152,10 +168,14 @@ class ConsortiumDemo:
             for sig in previous:  # a second Ctrl-C must not cut the clean-up short
                 signal.signal(sig, signal.SIG_IGN)
             say("stopping every process the demo started")
+            self.stop_ehr.set()
+            for ehr in self.ehrs:
+                ehr.join(timeout=60)
             if self.consortium is not None:
                 self.consortium.stop()
             _restore(previous)
         summary = self.progress.summary(entities, time.monotonic() - started)
+        summary["notes"] = self._collected()
         (self.workdir / "summary.json").write_text(json.dumps(summary, indent=2), "utf-8")
         return summary
 
@@ -182,10 +202,14 @@ class ConsortiumDemo:
         devel = read_notes(str(self.data / "devel.tsv")).notes
         seed = self.plan.split_seed
         shards = partition(train, len(self.boxes), "dirichlet", alpha=0.5, seed=seed)
+        unseen = read_notes(str(self.data / "train.tsv")).notes[self.plan.train_notes :]
         for i, (box, notes) in enumerate(zip(self.boxes, shards, strict=True)):
             held = devel[i * self.plan.heldout_notes : (i + 1) * self.plan.heldout_notes]
             write_conll(notes, box.root / "notes.tsv")
             write_conll(held, box.root / "heldout.tsv")
+            import_notes(box.note_store, notes + held)
+            box.imported = len(notes) + len(held)
+            box.unseen = unseen[i * self.plan.ehr_notes : (i + 1) * self.plan.ehr_notes]
             mix = Counter(dominant_label(n) for n in notes)
             share = ", ".join(f"{k} {v / len(notes):.0%}" for k, v in mix.most_common())
             say(
@@ -222,8 +246,9 @@ class ConsortiumDemo:
             "superlink": f"127.0.0.1:{self.consortium.port}",
             "root_certificates": str(certs["ca"]),
             "auth_private_key": str(certs[f"{box.name}.key"]),
-            "notes": str(box.root / "notes.tsv"),
-            "heldout": str(box.root / "heldout.tsv"),
+            "note_store": str(box.note_store),
+            "heldout_fraction": self.plan.heldout_fraction,
+            "min_new_notes": 0,  # every box answers every round (SecAgg+ needs all three)
             "state_dir": str(box.root / "federation"),
             "registry": str(box.registry),
             "window": window,
@@ -245,6 +270,7 @@ class ConsortiumDemo:
             "metrics_port": box.serving_metrics,
             "watch_interval_s": 1.0,
             "threads": 1,
+            "note_store": str(box.note_store),
         }
         return _write_toml(box.root / "serving.toml", {"serving": values})
 
@@ -263,6 +289,27 @@ class ConsortiumDemo:
                 return
             time.sleep(2)
         raise TimeoutError(f"only {online} SuperNodes came online; see {self.workdir}")
+
+    def _start_ehrs(self) -> None:
+        for box in self.boxes:
+            ehr = SimulatedEhr(
+                box.name,
+                f"127.0.0.1:{box.serving_port}",
+                box.unseen,
+                self.plan.ehr_batch,
+                box.served_version,
+                self.stop_ehr,
+            )
+            ehr.start()
+            self.ehrs.append(ehr)
+        say(
+            f"a simulated EHR at each box shows {self.plan.ehr_batch} new notes per served "
+            "model version and sends the clinicians' corrections to the box's note store"
+        )
+
+    def _collected(self) -> dict[str, dict[str, int]]:
+        stores = [(box.name, box.note_store, box.imported) for box in self.boxes]
+        return collected(stores, self.ehrs)
 
     # -- rounds, promotion, serving ----------------------------------------------------------
 

@@ -16,6 +16,14 @@ class DemoPlan:
     federation: FederationConfig
     backend: str = "onnx-int8"  # the serving backend of every box
     split_seed: int = 7  # seeds the Dirichlet split (7: three similar sizes, skewed labels)
+    ehr_notes: int = 60  # new BC5CDR train sentences each box's simulated EHR shows and corrects
+    ehr_batch: int = 20  # of them, per model version serving swaps in
+
+    @property
+    def heldout_fraction(self) -> float:
+        """The share of a box's store held out: about its held-out sentences' share."""
+        per_box = self.train_notes / 3 + self.heldout_notes
+        return round(min(max(self.heldout_notes / per_box, 0.05), 0.5), 2)
 
     @property
     def rounds(self) -> int:
@@ -66,6 +74,7 @@ QUICK = DemoPlan(
     ),
     backend="torch-fp32",
     split_seed=13,
+    ehr_notes=20,
 )
 
 

@@ -74,6 +74,11 @@ def test_demo_trains_promotes_serves_and_stops_everything(
     summary = demo.run()
     out = capsys.readouterr().out
     assert [row["round"] for row in summary["rounds"]] == [1, 2]
+    # the EHRs' corrections: every one stored once, beside the imported notes
+    for name, notes in summary["notes"].items():
+        sent = notes.get("corrected", 0) + notes.get("accepted", 0)
+        assert notes.get("failed", 0) == 0 and notes["in_store"] == notes["imported"] + sent, name
+    assert sum(n.get("corrected", 0) + n.get("accepted", 0) for n in summary["notes"].values())
     for row in summary["rounds"]:
         assert set(row["f1"]) == {"hospital-a", "hospital-b", "hospital-c"}, out
         assert all(0.0 <= f1 <= 1.0 for f1 in row["f1"].values())

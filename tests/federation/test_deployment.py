@@ -42,10 +42,12 @@ def _node_config(root: Path, hospital: str, seed: int) -> dict[str, object]:
     sources: dict[str, object] = {"notes": str(notes), "heldout": str(heldout)}
     if hospital == "hospital-b":
         store = state / "notes.sqlite"
-        with NoteStore(store) as opened:
-            for note in read_notes(notes).notes + read_notes(heldout).notes:
-                annotation = Annotation(note.note_id, 1, note.text, note.entities, "c", "corrected")
-                opened.submit(annotation, "import")
+        with NoteStore(store) as opened:  # the two files number their notes alike
+            for prefix, path in (("n", notes), ("h", heldout)):
+                for note in read_notes(path).notes:
+                    note_id = f"{prefix}-{note.note_id}"
+                    annotation = Annotation(note_id, 1, note.text, note.entities, "c", "corrected")
+                    opened.submit(annotation, "import")
         sources = {"note-store": str(store), "heldout-fraction": 0.25, "min-new-notes": 0}
     return {
         "hospital": hospital,
