@@ -174,8 +174,9 @@ class ConsortiumDemo:
             if self.consortium is not None:
                 self.consortium.stop()
             _restore(previous)
+        notes = self._collected()
         summary = self.progress.summary(entities, time.monotonic() - started)
-        summary["notes"] = self._collected()
+        summary["notes"] = notes
         (self.workdir / "summary.json").write_text(json.dumps(summary, indent=2), "utf-8")
         return summary
 

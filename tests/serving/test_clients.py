@@ -32,6 +32,7 @@ def served(tiny_package: Path, tmp_path_factory: pytest.TempPathFactory) -> Iter
     # torch-fp32, so remote scores can be compared with local `annotate` exactly
     toml.write_text(
         f'[serving]\npackage = "{tiny_package}"\nbackend = "torch-fp32"\nmax_queue_delay_ms = 1.0\n'
+        f'note_store = "{toml.parent / "notes.sqlite"}"\n'
     )
     proc = subprocess.Popen(
         [sys.executable, "-m", "appliance.cli", "serve", "--config", str(toml), "--port", "0",
@@ -91,6 +92,25 @@ def test_spacy_component_sets_ents(served: str) -> None:
         ("cisplatin", "Chemical"),
     }
     assert doc.user_data[MISALIGNED] == []
+
+
+def test_spacy_component_submits_a_corrected_doc_in_one_call(served: str) -> None:
+    # Prepare: the clinician keeps one entity and adds one the model may have missed
+    nlp = spacy.blank("en")
+    nlp.add_pipe("appliance_ner", config={"target": served})
+    doc = nlp(NOTE)
+    shown = doc.user_data["appliance_model_version"]
+    doc.ents = [doc.char_span(22, 29, label="Chemical"), doc.char_span(44, 49, label="Disease")]
+    pipe = nlp.get_pipe("appliance_ner")
+
+    # Execute
+    first = pipe.submit(doc, note_id="ward-7-note-1", revision=1, annotator="coder-7")
+    retry = pipe.submit(doc, note_id="ward-7-note-1", revision=1, annotator="coder-7")
+
+    # Assert
+    assert (first, retry) == ("stored", "duplicate") and shown == "fixed"
+    with NerClient(served) as client:
+        assert client.store_stats().entities_by_category == {"Chemical": 1, "Disease": 1}
 
 
 def test_spacy_component_widens_misaligned_entities(served: str) -> None:
