@@ -9,13 +9,10 @@ and the outcome; never the text.
 
 from __future__ import annotations
 
-import functools
 import logging
 import sqlite3
-import time
 from bisect import bisect_left
 from collections.abc import Callable
-from typing import Any, TypeVar
 
 import grpc
 
@@ -26,10 +23,9 @@ from serving.api import curation_pb2 as pb
 from serving.authz import actor
 from serving.metrics import ServingMetrics
 from serving.offsets import CODE_POINT, UNITS, offset_table
-from serving.wire import Unparsable
+from serving.rpc import RequestError, measured
 
 log = logging.getLogger(__name__)
-T = TypeVar("T")
 KIND_NAMES = {
     pb.ANNOTATION_KIND_CORRECTED: "corrected",
     pb.ANNOTATION_KIND_ACCEPTED: "accepted",
@@ -42,56 +38,27 @@ OUTCOMES = {
 }
 
 
-class CurationError(Exception):
-    def __init__(self, code: grpc.StatusCode, message: str) -> None:
-        super().__init__(message)
-        self.code, self.message = code, message
-
-
-def _status(err: Exception) -> CurationError:
-    """The gRPC status of a store or validation error."""
+def _status(err: Exception) -> RequestError | None:
+    """The gRPC status of a store or validation error (None: a fault of the server)."""
     if isinstance(err, AnnotationError):
-        return CurationError(grpc.StatusCode.INVALID_ARGUMENT, str(err))
+        return RequestError(grpc.StatusCode.INVALID_ARGUMENT, str(err))
     if isinstance(err, RevisionConflict):
-        return CurationError(grpc.StatusCode.ALREADY_EXISTS, str(err))
+        return RequestError(grpc.StatusCode.ALREADY_EXISTS, str(err))
     if isinstance(err, NoteDeleted):
-        return CurationError(grpc.StatusCode.FAILED_PRECONDITION, str(err))
+        return RequestError(grpc.StatusCode.FAILED_PRECONDITION, str(err))
+    if not isinstance(err, StoreError | sqlite3.Error):
+        return None
     cause = f"{err} {err.__cause__ or ''}".lower()
     if "disk is full" in cause or "no space" in cause:
-        return CurationError(grpc.StatusCode.RESOURCE_EXHAUSTED, "the note store's disk is full")
+        return RequestError(grpc.StatusCode.RESOURCE_EXHAUSTED, "the note store's disk is full")
     if "locked" in cause or "busy" in cause:
-        return CurationError(grpc.StatusCode.UNAVAILABLE, "the note store is busy; retry")
-    raise err
+        return RequestError(grpc.StatusCode.UNAVAILABLE, "the note store is busy; retry")
+    return None
 
 
-def _measured(method: Callable[..., T]) -> Callable[..., T]:
-    """Count and time the call by status; map errors to statuses; no traceback to the client."""
-    name = method.__name__
-
-    @functools.wraps(method)
-    def wrapper(self: CurationServicer, request: Any, context: grpc.ServicerContext) -> T:
-        started, code = time.monotonic(), grpc.StatusCode.OK
-        try:
-            if isinstance(request, Unparsable):
-                raise CurationError(grpc.StatusCode.INVALID_ARGUMENT, request.message)
-            try:
-                return method(self, request, context)
-            except (AnnotationError, StoreError, sqlite3.Error) as err:
-                raise _status(err) from err
-        except CurationError as err:
-            code = err.code
-            log.info("%s refused: %s", name, err.code.name)
-            context.abort(err.code, err.message)
-        except Exception:
-            code = grpc.StatusCode.INTERNAL
-            log.exception("%s failed", name)
-            context.abort(code, "internal error; see the server log")
-        finally:
-            self.metrics.curation_requests.labels(name, code.name).inc()
-            self.metrics.curation_seconds.labels(name).observe(time.monotonic() - started)
-        raise AssertionError("unreachable: abort raises")
-
-    return wrapper
+_measured = measured(
+    lambda s: (s.metrics.curation_requests, s.metrics.curation_seconds, None), refusal=_status
+)
 
 
 def code_points(text: str, unit: int, offset: int, field: str) -> int:
@@ -146,7 +113,7 @@ class CurationServicer:
     ) -> pb.SubmitAnnotationResponse:
         categories = self.categories()
         if categories is None:
-            raise CurationError(
+            raise RequestError(
                 grpc.StatusCode.UNAVAILABLE, "no model is loaded yet to check categories; retry"
             )
         annotation = annotation_of(request)

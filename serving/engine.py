@@ -25,20 +25,12 @@ from serving.batching import Batcher, BatchResult, DeadlinePassed, QueueFull, Qu
 from serving.config import ServingConfig
 from serving.metrics import ServingMetrics
 from serving.offsets import UNITS, offset_table
+from serving.rpc import RequestError
 
 log = logging.getLogger(__name__)
 
 # Annotated by every new version before it serves: loading alone does not prove it decodes.
 SMOKE_TEXT = "The patient developed hepatotoxicity after taking acetaminophen 500 mg daily."
-
-
-class RequestError(Exception):
-    """A request the engine refuses: a gRPC status code and a message for the caller."""
-
-    def __init__(self, code: grpc.StatusCode, message: str) -> None:
-        super().__init__(message)
-        self.code = code
-        self.message = message
 
 
 @dataclass(frozen=True)

@@ -2,20 +2,18 @@
 
 from __future__ import annotations
 
-import functools
 import logging
 import time
-from collections.abc import Callable, Iterator
-from typing import Any, TypeVar
+from collections.abc import Iterator
 
 import grpc
 
 from serving.api import ner_pb2, ner_pb2_grpc
-from serving.engine import Engine, NoteRequest, RequestError
+from serving.engine import Engine, NoteRequest
+from serving.rpc import RequestError, measured
 from serving.wire import Unparsable
 
 log = logging.getLogger(__name__)
-T = TypeVar("T")
 
 
 def _deadline(context: grpc.ServicerContext) -> float | None:
@@ -23,35 +21,13 @@ def _deadline(context: grpc.ServicerContext) -> float | None:
     return None if remaining is None else time.monotonic() + remaining
 
 
-def _measured(method: Callable[..., T]) -> Callable[..., T]:
-    """Count the RPC by status code, time it, and turn RequestError into a clean abort."""
-    name = method.__name__
-
-    @functools.wraps(method)
-    def wrapper(self: NerServicer, request: Any, context: grpc.ServicerContext) -> T:
-        metrics = self.engine.metrics
-        metrics.in_flight.inc()
-        started = time.monotonic()
-        code = grpc.StatusCode.OK
-        try:
-            if isinstance(request, Unparsable):
-                raise RequestError(grpc.StatusCode.INVALID_ARGUMENT, request.message)
-            return method(self, request, context)
-        except RequestError as err:
-            code = err.code
-            log.info("%s refused: %s", name, err.code.name)
-            context.abort(err.code, err.message)
-        except Exception:
-            code = grpc.StatusCode.INTERNAL
-            log.exception("%s failed", name)  # the traceback stays in the log, not the reply
-            context.abort(code, "internal error; see the server log")
-        finally:
-            metrics.in_flight.dec()
-            metrics.requests.labels(name, code.name).inc()
-            metrics.request_seconds.labels(name).observe(time.monotonic() - started)
-        raise AssertionError("unreachable: abort raises")
-
-    return wrapper
+_measured = measured(
+    lambda s: (
+        s.engine.metrics.requests,
+        s.engine.metrics.request_seconds,
+        s.engine.metrics.in_flight,
+    )
+)
 
 
 def _result(answer: ner_pb2.AnalyzeResponse | RequestError, note_id: str) -> ner_pb2.NoteResult:
