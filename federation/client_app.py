@@ -185,7 +185,7 @@ class HospitalClient(NumPyClient):
                 arrays = dict(zip(self.node.names, parameters, strict=True))
                 count, metrics = self.node.evaluate(arrays)
                 if bool(config.get("promote", False)) and count and self.registry is not None:
-                    self.promote(arrays, server_round)
+                    self.promote(arrays, server_round, metrics.get("f1"))
         except TurnBusy as err:
             log.warning("round %d: %s scored nothing: %s", server_round, self.name, err)
             return 1.0, 0, {"declined": str(err)[:200]}
@@ -199,8 +199,11 @@ class HospitalClient(NumPyClient):
             return None
         return Path(str(registry))
 
-    def promote(self, arrays: dict[str, np.ndarray], server_round: int) -> None:
-        """Package `arrays`, publish it into the registry, move `current` if it is not worse."""
+    def promote(
+        self, arrays: dict[str, np.ndarray], server_round: int, f1: float | None = None
+    ) -> None:
+        """Package `arrays`, publish it into the registry, move `current` if it is not worse;
+        `f1`: the held-out F1 of `arrays` just measured, so the package is not scored again."""
         from federation.promotion import promote_if_not_worse
 
         registry, node = self.registry, self.node
@@ -222,6 +225,7 @@ class HospitalClient(NumPyClient):
                 label=f"round-{server_round}",
                 journal=self.journal,
                 server_round=server_round,
+                candidate_f1=f1,
             )
 
 

@@ -1,7 +1,10 @@
 """Publish a candidate package into the registry and move `current` only if it is not worse.
 
 "Not worse" is measured, on this hospital's own held-out notes: the candidate's strict entity F1
-must be at least the current model's minus a tolerance. The first model is promoted if it loads
+must be at least the current model's minus a tolerance. A node that has just scored the
+candidate's weights on those notes passes its F1 (`candidate_f1`); the package it wrote is then
+only checked whole (its weights against package.json's digest) instead of loaded and scored
+again. The first model is promoted if it loads
 and finds entities in a smoke note. A rejected or broken candidate stays in `versions/` for audit
 (it is never pointed at) and the reason goes to the registry history and the round journal.
 """
@@ -19,6 +22,7 @@ from appliance.inference import Annotator
 from appliance.model import ModelLoadError
 from appliance.notes import Note
 from appliance.package import PackageError, load_packaged_model
+from appliance.package_meta import read_package_meta, verified_weights_sha256
 from appliance.registry import ModelRegistry, RegistryVersion
 from federation.journal import RoundJournal
 
@@ -74,8 +78,10 @@ def promote_if_not_worse(
     quantization: str = "none",
     journal: RoundJournal | None = None,
     server_round: int | None = None,
+    candidate_f1: float | None = None,
 ) -> PromotionDecision:
-    """Publish `candidate`, score it and the current model on `heldout`, promote or keep."""
+    """Publish `candidate`, score it (unless `candidate_f1` says its score) and the current
+    model on `heldout`, promote or keep."""
     if not heldout:
         raise ValueError("promotion needs held-out notes to score the candidate on")
     if tolerance < 0:
@@ -85,6 +91,9 @@ def promote_if_not_worse(
     current = registry.current()
 
     def score(package_dir: Path) -> float:
+        if candidate_f1 is not None and package_dir == slot.path:
+            verified_weights_sha256(package_dir, read_package_meta(package_dir))
+            return candidate_f1
         return heldout_f1(package_dir, heldout, state_dir, base, quantization)
 
     decision = _decide(slot, current, tolerance, score)

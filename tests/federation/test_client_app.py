@@ -49,13 +49,14 @@ def test_promotion_runs_when_the_server_asks_for_it(client: HospitalClient):
     registry = ModelRegistry(client.node_config["registry"])
 
     # Execute
-    _, count, _ = client.evaluate(parameters, {"server-round": 2, "promote": True})
+    _, count, metrics = client.evaluate(parameters, {"server-round": 2, "promote": True})
 
     # Assert
     assert count == 12
     assert [v.split("-", 1)[1] for v in registry.versions()] == ["round-2"]
     events = [e for e in read_journal(client.node_config["journal"]) if e.event == "promotion"]
     assert [e.fields["server_round"] for e in events] == [2]
+    assert events[0].fields["candidate_f1"] == pytest.approx(metrics["f1"])  # scored once
     # the packages were scored in the node model's memory: the message's node has none now
     assert not hasattr(client.node, "loaded") and not hasattr(client.node, "trainer")
 

@@ -78,6 +78,30 @@ def test_a_broken_candidate_never_becomes_current(tiny_package: Path, heldout, t
     assert registry.current().version == good.version
 
 
+def test_a_node_s_own_score_stands_for_the_candidate_and_a_damaged_one_is_broken(
+    tiny_package: Path, heldout, tmp_path: Path
+):
+    # Prepare: a current model, and the candidate's score as a node measured it
+    registry = ModelRegistry(tmp_path / "registry")
+    current = promote_if_not_worse(registry.root, tiny_package, heldout, 0.01, tmp_path)
+    damaged = tmp_path / "damaged"
+    shutil.copytree(tiny_package, damaged)
+    weights = damaged / "weights.safetensors"
+    weights.write_bytes(weights.read_bytes()[:-8] + b"\0" * 8)  # same size, other bytes
+
+    # Execute
+    kept = promote_if_not_worse(
+        registry.root, tiny_package, heldout, 0.01, tmp_path, candidate_f1=0.0
+    )
+    broken = promote_if_not_worse(registry.root, damaged, heldout, 0.01, tmp_path, candidate_f1=1.0)
+
+    # Assert: the given score decided (the same weights would have scored as the current)
+    assert kept.outcome == "kept" and kept.candidate_f1 == 0.0
+    assert kept.current_f1 == pytest.approx(current.candidate_f1)
+    assert broken.outcome == "broken" and "sha256" in broken.reason
+    assert registry.current().version == current.version
+
+
 def test_promotion_needs_heldout_notes(tiny_package: Path, tmp_path: Path):
     with pytest.raises(ValueError, match="held-out notes"):
         promote_if_not_worse(tmp_path / "r", tiny_package, [], 0.01, tmp_path)
