@@ -135,23 +135,23 @@ class DaemonMetrics:
             self.rounds.labels(h, ROUND_EVENTS[entry.event]).inc()
         if entry.event in ("round_completed", "round_failed", "round_declined"):
             self.last_round.labels(h).set(_timestamp(entry.time))
-            _set(self.last_duration.labels(h), f.get("duration_s"))
+            _set(self.last_duration, h, f.get("duration_s"))
         if entry.event == "round_completed":
             self._observe_completed(f)
         for key in ("eps_spent", "eps_remaining"):
-            _set(getattr(self, key).labels(h), f.get(key))
+            _set(getattr(self, key), h, f.get(key))
         if entry.event == "promotion":
             self.promotions.labels(h, str(f.get("outcome", "unknown"))).inc()
-            _set(self.f1.labels(h), f.get("candidate_f1"))
+            _set(self.f1, h, f.get("candidate_f1"))
 
     def _observe_completed(self, f: dict[str, Any]) -> None:
         h = self.hospital
         for key, direction in (("bytes_sent", "sent"), ("bytes_received", "received")):
             if isinstance(f.get(key), int | float):
                 self.bytes.labels(h, direction).inc(float(f[key]))
-        _set(self.examples.labels(h), f.get("num_examples"))
-        _set(self.loss.labels(h), f.get("loss"))
-        _set(self.f1.labels(h), f.get("f1"))
+        _set(self.examples, h, f.get("num_examples"))
+        _set(self.loss, h, f.get("loss"))
+        _set(self.f1, h, f.get("f1"))
 
     def observe_disk(self, registry: ModelRegistry, state_dir: Path) -> None:
         """The registry's size and version count, and how full the state dir's disk is."""
@@ -186,9 +186,11 @@ class DaemonMetrics:
             server.server_close()
 
 
-def _set(gauge: Any, value: Any) -> None:
+def _set(gauge: Any, hospital: str, value: Any) -> None:
+    """Set the hospital's sample only for a number: a sample is made when first labelled, and a
+    0 the journal never said (epsilon with DP off, an F1 before any scoring) would mislead."""
     if isinstance(value, int | float) and not isinstance(value, bool):
-        gauge.set(float(value))
+        gauge.labels(hospital).set(float(value))
 
 
 def _timestamp(text: str) -> float:

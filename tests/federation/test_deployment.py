@@ -111,7 +111,11 @@ def test_consortium_rounds_survive_a_dead_node_and_send_only_tensors(
         chaos.join()
         consortium.stop()
     assert done.ok, done.tail
-    assert _events(configs, "hospital-a", "round_completed") == [1, 2, 3]
+    # every round completed by at least min_nodes boxes (while hospital-c is away, the server
+    # may sample two of the three once it is back, so a given box may sit one round out)
+    completed = {h: _events(configs, h, "round_completed") for h in HOSPITALS}
+    for server_round in (1, 2, 3):
+        assert sum(server_round in rounds for rounds in completed.values()) >= 2, completed
     rejoined = _events(configs, "hospital-c", "round_completed")
     assert rejoined and min(rejoined) >= 2, rejoined  # killed in round 1, back for later ones
     registry = ModelRegistry(Path(str(configs["hospital-a"]["registry"])))

@@ -56,3 +56,26 @@ def test_metrics_follow_the_journal(tmp_path: Path):
     ]
     missing = [line for line in expected if line not in text]
     assert not missing, missing
+
+
+def test_a_node_without_dp_exports_no_privacy_gauges(tmp_path: Path):
+    # Prepare: rounds that spent no privacy budget (DP off) carry no eps fields
+    journal = RoundJournal(tmp_path / "journal.jsonl")
+    journal.record("round_started", server_round=1)
+    journal.record("round_completed", server_round=1, loss=0.3, num_examples=80, bytes_sent=10)
+    metrics = DaemonMetrics("hospital-a")
+    port = metrics.serve("127.0.0.1", 0)
+
+    # Execute
+    try:
+        metrics.follow(JournalReader(journal.path))
+        text = _scrape(port)
+    finally:
+        metrics.close()
+
+    # Assert: no epsilon sample at all (a 0 would read as "nothing left" on a dashboard)
+    samples = [line for line in text.splitlines() if not line.startswith("#")]
+    assert (
+        'appliance_federation_rounds_total{hospital="hospital-a",outcome="completed"} 1.0' in text
+    )
+    assert not [line for line in samples if "epsilon" in line]
