@@ -17,7 +17,7 @@ from collections.abc import Collection
 from dataclasses import dataclass, replace
 from itertools import pairwise
 
-from appliance.notes import EntitySpan, NotesError
+from appliance.notes import EntitySpan, Note, NotesError
 from appliance.readers import validate_entities
 
 KINDS = ("corrected", "accepted", "rejected")
@@ -51,6 +51,11 @@ class Annotation:
     annotator: str
     kind: str
     model_version: str = ""
+
+    @classmethod
+    def of_note(cls, note: Note, revision: int, annotator: str, kind: str) -> Annotation:
+        """An annotated note (`appliance.notes.Note`, e.g. read from a file) as one revision."""
+        return cls(note.note_id, revision, note.text, note.entities, annotator, kind)
 
 
 def split_of(note_id: str, key: bytes, heldout_fraction: float) -> str:

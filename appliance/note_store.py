@@ -109,6 +109,7 @@ class Snapshot:
 
     notes: tuple[StoredNote, ...]
     seq: int
+    round_seq: int = 0  # the seq the last marked round trained on, read with the notes
 
     def split(self, heldout_fraction: float, key: bytes) -> tuple[list[Note], list[Note]]:
         """``(train, heldout)`` notes, each note's side given by `split_of`."""
@@ -288,16 +289,18 @@ class NoteStore:
     def snapshot(self) -> Snapshot:
         """The training notes (kinds corrected and accepted) in one consistent read.
 
-        The snapshot's seq is the store's change counter at that read (deletions count too).
+        The snapshot's seq is the store's change counter at that read (deletions count too);
+        its round_seq, that of the last marked round, read in the same transaction.
         """
         with self._transaction("BEGIN") as db:
             seq = schema.meta_int(db, schema.LAST_SEQ)
+            round_seq = schema.meta_int(db, schema.ROUND_SEQ)
             rows = schema.note_rows(db, TRAINING_KINDS)
             spans: dict[str, list[EntitySpan]] = {}
             for note_id, *span in schema.entity_rows(db, TRAINING_KINDS):
                 spans.setdefault(note_id, []).append(EntitySpan(*span))
         notes = (StoredNote(r[0], r[1], r[2], tuple(spans.get(r[0], ())), *r[3:]) for r in rows)
-        return Snapshot(tuple(notes), seq)
+        return Snapshot(tuple(notes), seq, round_seq)
 
     def split_key(self) -> bytes:
         """The store's random 32-byte key for `split_of` (made once, when the store was created)."""

@@ -47,14 +47,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def _annotation(note: Note, args: argparse.Namespace) -> Annotation:
-    annotation = Annotation(
-        note_id=note.note_id,
-        revision=args.revision,
-        text=note.text,
-        entities=note.entities,
-        annotator=args.annotator,
-        kind=args.kind,
-    )
+    annotation = Annotation.of_note(note, args.revision, args.annotator, args.kind)
     try:
         return validate_annotation(annotation)
     except AnnotationError as err:

@@ -94,10 +94,7 @@ def import_notes(store: Path, notes: Sequence[Note]) -> None:
     """A box's annotated notes into its note store, as `appliance notes import` does."""
     with NoteStore(store) as opened:
         for note in notes:
-            annotation = Annotation(
-                note.note_id, 1, note.text, note.entities, "import", "corrected"
-            )
-            opened.submit(annotation, "import")
+            opened.submit(Annotation.of_note(note, 1, "import", "corrected"), "import")
 
 
 def collected(

@@ -43,10 +43,12 @@ def read_node_notes(node_config: Mapping[str, Any]) -> NodeNotes:
     if store:
         fraction = float(node_config.get("heldout-fraction", DEFAULT_HELDOUT_FRACTION))
         with NoteStore(Path(str(store))) as notes:
-            snapshot, round_seq = notes.snapshot(), notes.stats().round_seq
+            snapshot = notes.snapshot()
             train, heldout = snapshot.split(fraction, notes.split_key())
         training = {note.note_id for note in train}
-        changed = sum(1 for n in snapshot.notes if n.seq > round_seq and n.note_id in training)
+        changed = sum(
+            1 for n in snapshot.notes if n.seq > snapshot.round_seq and n.note_id in training
+        )
         return NodeNotes(train, heldout, snapshot.seq, changed)
     train = read_notes(str(node_config["notes"])).notes
     path = node_config.get("heldout")

@@ -20,10 +20,7 @@ from tests.federation.helpers import corpus, daemon_config, tiny_config
 def _fill(store: Path, notes: list[Note], revision: int = 1) -> None:
     with NoteStore(store) as opened:
         for note in notes:
-            annotation = Annotation(
-                note.note_id, revision, note.text, note.entities, "coder-1", "corrected"
-            )
-            opened.submit(annotation, "ehr")
+            opened.submit(Annotation.of_note(note, revision, "coder-1", "corrected"), "ehr")
 
 
 def _client(tiny_llama: Path, tmp_path: Path, store: Path) -> HospitalClient:
