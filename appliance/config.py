@@ -59,6 +59,13 @@ class TrainConfig:
     labels: tuple[str, ...] = field(default=DEFAULT_LABELS, metadata={"help": "entity types"})
     epochs: int = field(default=3, metadata={"help": "maximum epochs"})
     batch_size: int = field(default=16, metadata={"help": "windows per optimizer step"})
+    micro_batch_size: int = field(
+        default=32,
+        metadata={
+            "help": "windows per forward and backward pass: a larger batch is computed this many "
+            "at a time, shortest first, and its gradients summed (memory of this many)"
+        },
+    )
     optimizer: str = field(
         default="adamw",
         metadata={
@@ -82,7 +89,7 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         self.labels = tuple(self.labels)
-        positive = ("epochs", "batch_size", "max_tokens")
+        positive = ("epochs", "batch_size", "micro_batch_size", "max_tokens")
         for name in positive:
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")

@@ -144,6 +144,11 @@ class StepPolicy(Protocol):
         """Called after each optimizer step (e.g. to account privacy)."""
         ...
 
+    def accumulate(self, optimizer: torch.optim.Optimizer) -> None:
+        """Called between the micro-batches of one batch: gather what the last backward pass
+        gave (e.g. clip each sample's gradient and add it up) without taking a step."""
+        ...
+
     def finish(self) -> None:
         """Called once training ends (e.g. to remove per-sample hooks)."""
         ...
@@ -285,27 +290,56 @@ class Trainer:
                 if self.policy is not None:
                     self.policy.after_step()
                 continue
-            windows = [train[i] for i in batch]
-            loss = batch_loss(
-                self.loaded,
-                windows,
-                [states[i] for i in batch] if states else None,
-                self.first if states else 0,
-            )
-            objective = loss + self.extra_loss() if self.extra_loss is not None else loss
-            optimizer.zero_grad(set_to_none=True)
-            objective.backward()
-            if self.policy is None:  # DP-SGD clips per sample instead
-                torch.nn.utils.clip_grad_norm_(
-                    [p for p in model.parameters() if p.requires_grad], self.cfg.max_grad_norm
-                )
-            optimizer.step()
+            loss = self._step(batch, train, states, optimizer)
             scheduler.step()
             if self.policy is not None:
                 self.policy.after_step()
-            total_loss += loss.item()
-            tokens += sum(len(w) for w in windows)
+            total_loss += loss
+            tokens += sum(len(train[i]) for i in batch)
             rate = tokens / (time.perf_counter() - started)
-            bar.set_postfix(loss=f"{loss.item():.4f}", tok_s=f"{rate:.0f}")
+            bar.set_postfix(loss=f"{loss:.4f}", tok_s=f"{rate:.0f}")
         seconds = time.perf_counter() - started
         return EpochStats(epoch, total_loss / max(len(batches), 1), 0.0, seconds, tokens)
+
+    def _step(
+        self,
+        batch: list[int],
+        train: list[EncodedWindow],
+        states: list[torch.Tensor] | None,
+        optimizer: torch.optim.Optimizer,
+    ) -> float:
+        """One optimizer step on `batch`, computed `micro_batch_size` windows at a time (shortest
+        first, so little padding); returns the batch's mean token loss. Plain steps weight each
+        micro-batch's mean loss by its labelled tokens, so the summed gradient is the batch's;
+        with a policy (DP-SGD) each micro-batch's per-sample gradients are gathered by
+        `policy.accumulate` and the last one's `optimizer.step` takes the step."""
+        model = self.loaded.model
+        ordered = sorted(batch, key=lambda i: len(train[i]))
+        size = self.cfg.micro_batch_size
+        chunks = [ordered[i : i + size] for i in range(0, len(ordered), size)]
+        labelled = [sum(sum(1 for t in train[i].labels if t != IGNORE) for i in c) for c in chunks]
+        total = max(sum(labelled), 1)
+        optimizer.zero_grad(set_to_none=True)
+        loss_sum = 0.0
+        for index, chunk in enumerate(chunks):
+            loss = batch_loss(
+                self.loaded,
+                [train[i] for i in chunk],
+                [states[i] for i in chunk] if states else None,
+                self.first if states else 0,
+            )
+            last = index == len(chunks) - 1
+            extra = self.extra_loss() if self.extra_loss is not None and last else 0.0
+            loss_sum += loss.item() * labelled[index] / total
+            if self.policy is None:
+                (loss * (labelled[index] / total) + extra).backward()
+                continue
+            (loss + extra).backward()
+            if not last:
+                self.policy.accumulate(optimizer)
+        if self.policy is None:  # DP-SGD clips per sample instead
+            torch.nn.utils.clip_grad_norm_(
+                [p for p in model.parameters() if p.requires_grad], self.cfg.max_grad_norm
+            )
+        optimizer.step()
+        return loss_sum

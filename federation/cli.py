@@ -1,4 +1,5 @@
-"""`appliance federate ...`: the nightly daemon, its status, and manual promotion."""
+"""`appliance federate ...`: the nightly daemon, its status, manual promotion, the consortium's
+keys and its warm start."""
 
 from __future__ import annotations
 
@@ -41,6 +42,21 @@ def register(sub: argparse._SubParsersAction) -> None:
     certs.add_argument("--hospitals", required=True, nargs="+", help="one auth key per name")
     certs.add_argument("--host", action="append", help="SuperLink DNS name or IP (repeatable)")
     certs.set_defaults(handler=make_certs)
+    warm = actions.add_parser("warm-start", help="the consortium's round-0 model from public notes")
+    warm.add_argument("--notes", required=True, nargs="+", type=Path, help="public annotated notes")
+    warm.add_argument("--out", required=True, type=Path, help="the .npz to write")
+    warm.add_argument("--epochs", type=int, default=3, help="passes over the notes")
+    warm.add_argument("--batch-size", type=int, default=16, help="windows per step")
+    warm.add_argument(
+        "--run-config",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="the run's settings, as `flwr run --run-config` takes them (repeatable)",
+    )
+    warm.add_argument("--state-dir", type=Path, default=Path.home() / ".cache" / "appliance",
+                      help="where the base is materialized")  # fmt: skip
+    warm.set_defaults(handler=make_warm)
 
 
 def _config(args: argparse.Namespace) -> DaemonConfig:
@@ -127,6 +143,37 @@ def manual_promote(args: argparse.Namespace) -> dict[str, Any]:
         "candidate_f1": decision.candidate_f1,
         "current_f1": decision.current_f1,
     }
+
+
+def make_warm(args: argparse.Namespace) -> dict[str, Any]:
+    import tomllib
+
+    from appliance.readers import read_notes
+    from federation.config import from_run_config
+    from federation.warm_start import make_warm_start
+
+    values: dict[str, Any] = {}
+    for item in args.run_config:
+        key, sep, raw = item.partition("=")
+        if not sep:
+            raise CommandError(f"--run-config {item!r}: expected KEY=VALUE")
+        try:
+            values[key.strip()] = tomllib.loads(f"v = {raw}")["v"]
+        except tomllib.TOMLDecodeError:
+            values[key.strip()] = raw  # a bare string
+    if args.epochs < 1 or args.batch_size < 1:
+        raise CommandError("--epochs and --batch-size must be at least 1")
+    try:
+        cfg = from_run_config(values)
+    except ValueError as err:
+        raise CommandError(str(err)) from err
+    notes = []
+    for path in args.notes:
+        try:
+            notes.extend(read_notes(str(path)).notes)
+        except NotesError as err:
+            raise CommandError(str(err), EXIT_INPUT) from err
+    return make_warm_start(cfg, notes, args.epochs, args.out, args.state_dir, args.batch_size)
 
 
 def make_certs(args: argparse.Namespace) -> dict[str, str]:

@@ -110,6 +110,13 @@ class FederationConfig:
             "help": "seed of the head init, LoRA init and shuffling (each round adds its number)"
         },
     )
+    warm_start: str = field(
+        default="",
+        metadata={
+            "help": "the round-0 model: an .npz made by `appliance federate warm-start` from "
+            "public notes, on the ServerApp's host; empty: the seeded start"
+        },
+    )
     strategy: str = field(
         default="fedavg", metadata={"help": "fedavg (weighted by examples) or fedprox"}
     )

@@ -105,7 +105,9 @@ class DPSGDPolicy:
     """The Trainer's step policy for DP-SGD: Poisson batches, per-sample clipping, Gaussian noise.
 
     Per-sample gradients come from Opacus' GradSampleModule hooks on the trainable modules (its
-    functorch fallback covers Llama's RMSNorm); the optimizer is Opacus' DPOptimizer.
+    functorch fallback covers Llama's RMSNorm); the optimizer is Opacus' DPOptimizer. A Poisson
+    batch larger than the trainer's micro-batch is computed in parts whose clipped per-sample
+    gradients are summed (Opacus' skipped steps) before the one noisy step.
     """
 
     def __init__(
@@ -149,6 +151,15 @@ class DPSGDPolicy:
 
     def after_step(self) -> None:
         self.steps_taken += 1
+
+    def accumulate(self, optimizer: torch.optim.Optimizer) -> None:
+        """Clip this micro-batch's per-sample gradients into the batch's sum and clear them;
+        the batch's last `optimizer.step` adds the noise once and takes the step."""
+        if not isinstance(optimizer, DPOptimizer):
+            raise TypeError("DP-SGD micro-batches need the DPOptimizer `prepare` returned")
+        optimizer.signal_skip_step(do_skip=True)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
 
     def finish(self) -> None:
         if self._wrapper is not None:

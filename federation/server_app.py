@@ -20,6 +20,7 @@ from federation import modes
 from federation.config import FederationConfig, from_run_config
 from federation.strategy import ConsortiumStrategy
 from federation.task import load_for_training, seeded_start
+from federation.warm_start import load_warm_start
 
 log = logging.getLogger(__name__)
 
@@ -28,14 +29,19 @@ def initial_global(
     cfg: FederationConfig, state_dir: Path
 ) -> tuple[FederationConfig, list[str], dict[str, np.ndarray]]:
     """`cfg` resolved for the base as the nodes resolve it, and the starting weights of the
-    travelling part: the same seeded init every node makes. The frozen part is loaded as the
-    nodes load it (NF4 for a large base): it never travels."""
+    travelling part: the same seeded init every node makes, or the run's warm start checked
+    against it. The frozen part is loaded as the nodes load it (NF4 for a large base): it never
+    travels."""
     cfg, loaded = load_for_training(cfg, state_dir, gpu=False)
     selection = LayerSelection.parse(cfg.spec, loaded.num_layers)
     train_cfg = TrainConfig(layers=cfg.spec, labels=cfg.labels, seed=cfg.seed)
     trainer = Trainer(loaded, selection, train_cfg, progress=False, fresh_head=False)
     names = seeded_start(trainer, cfg)
-    return cfg, names, modes.get_arrays(loaded.model, names)
+    arrays = modes.get_arrays(loaded.model, names)
+    if cfg.warm_start:
+        arrays = load_warm_start(Path(cfg.warm_start), cfg, arrays)
+        log.warning("round 0 starts from the warm start %s", cfg.warm_start)
+    return cfg, names, arrays
 
 
 def build_strategy(

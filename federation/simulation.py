@@ -8,7 +8,7 @@ serialized payloads.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -22,6 +22,7 @@ from federation.task import HospitalNode
 from federation.updates import aggregate_round, downlink
 
 log = logging.getLogger(__name__)
+Scorer = Callable[[HospitalNode, dict[str, np.ndarray], Sequence[Note]], float]
 
 
 @dataclass
@@ -59,20 +60,25 @@ def simulate(
     on_round: Callable[[RoundRecord], None] | None = None,
     bases_dir: Path | None = None,
     score_every: int = 1,
+    initial: Mapping[str, np.ndarray] | None = None,
+    scorer: Scorer | None = None,
 ) -> SimulationResult:
     """Run `cfg.rounds` rounds of train -> check -> aggregate -> score on `test_notes`.
 
     With `score_every` > 1 only every that many rounds (and the last) are scored; the others'
-    `test_f1` is NaN (long runs of short rounds).
+    `test_f1` is NaN (long runs of short rounds). `initial`: the round-0 global model (a warm
+    start) instead of the nodes' seeded start. `scorer(node, arrays, notes)`: the F1 to record
+    instead of `HospitalNode.score`'s (e.g. one that reuses the frozen prefix's cache).
     """
+    score = scorer or (lambda node, arrays, notes: node.score(arrays, notes)["f1"])
     nodes = [
         HospitalNode.load(
             cfg, notes, state_dir / f"hospital-{i}", f"hospital-{i}", bases_dir=bases_dir
         )
         for i, notes in enumerate(partitions)
     ]
-    global_arrays = nodes[0].initial_arrays()
-    initial = nodes[0].score(global_arrays, test_notes)["f1"]
+    global_arrays = dict(initial) if initial is not None else nodes[0].initial_arrays()
+    initial_f1 = score(nodes[0], global_arrays, test_notes)
     records = []
     for server_round in range(1, cfg.rounds + 1):
         sent = downlink(global_arrays, nodes[0].cfg.compression)  # resolved for the base
@@ -87,7 +93,7 @@ def simulate(
         scored = server_round % score_every == 0 or server_round == cfg.rounds
         record = RoundRecord(
             server_round,
-            nodes[0].score(global_arrays, test_notes)["f1"] if scored else float("nan"),
+            score(nodes[0], global_arrays, test_notes) if scored else float("nan"),
             {n: float(u.metrics.get("loss", float("nan"))) for n, u in updates.items()},
             {n: wire_bytes(u.payload) for n, u in updates.items()},
             {n: wire_bytes(sent) for n in updates},
@@ -104,4 +110,4 @@ def simulate(
         if on_round is not None:
             on_round(record)
     parameters = sum(int(v.size) for v in global_arrays.values())
-    return SimulationResult(initial, records, parameters, global_arrays)
+    return SimulationResult(initial_f1, records, parameters, global_arrays)

@@ -163,3 +163,32 @@ def test_package_refuses_a_different_base(
 def test_unreadable_package_is_a_clear_error(tmp_path: Path):
     with pytest.raises(PackageError, match="not a model package \\(package.json missing\\)"):
         read_package(tmp_path)
+
+
+def test_a_batch_computed_in_micro_batches_has_the_whole_batch_gradient(
+    tiny_llama: Path, tmp_path: Path, corpus: dict
+):
+    notes = corpus["train"][:60]
+    seen = {}
+    for micro in (60, 7):
+        cfg = replace(tiny_train_config("top:2", 1, tmp_path / "act"), batch_size=60,
+                      micro_batch_size=micro)  # fmt: skip
+        loaded = load_model(ModelConfig(base=str(tiny_llama)), LABELS, tmp_path, "top:2")
+        loaded.model.dropout.p = 0.0  # the head's dropout masks differ with the batch's shape
+        selection = LayerSelection.parse("top:2", loaded.num_layers)
+        trainer = Trainer(loaded, selection, cfg, progress=False)
+        grads: dict[str, torch.Tensor] = {}
+        for name, param in loaded.model.named_parameters():
+            if param.requires_grad:  # the last call of a step sees the step's summed gradient
+                param.register_post_accumulate_grad_hook(
+                    lambda p, name=name, grads=grads: grads.__setitem__(name, p.grad.clone())
+                )
+        result = trainer.fit(notes, [])  # one step: 60 notes, batch 60
+        seen[micro] = (grads, result.history[-1].loss)
+    (whole, whole_loss), (parts, parts_loss) = seen[60], seen[7]
+    assert parts_loss == pytest.approx(whole_loss, rel=1e-5)
+    assert whole and set(parts) == set(whole)
+    for name, grad in whole.items():
+        torch.testing.assert_close(parts[name], grad, rtol=1e-4, atol=1e-6)
+    with pytest.raises(ValueError, match="micro_batch_size must be >= 1"):
+        TrainConfig(micro_batch_size=0)

@@ -57,3 +57,57 @@ def test_dp_rounds_spend_then_decline_over_budget(tiny_llama: Path, tmp_path: Pa
     assert restarted.ledger.epsilon_spent == pytest.approx(saved["epsilon_spent"])
     assert restarted.train_round(arrays, 99).declined
     assert np.isfinite(list(first.payload.values())[0]).all()
+
+
+def test_a_dp_batch_in_micro_batches_clips_each_sample_and_steps_once(
+    tiny_llama: Path, tmp_path: Path
+):
+    from dataclasses import replace
+
+    import torch
+
+    from appliance.layers import LayerSelection
+    from appliance.training import Trainer
+    from federation.privacy import DPSGDPolicy
+    from federation.task import load_for_training
+    from tests.conftest import tiny_train_config
+
+    class Recording(DPSGDPolicy):
+        """Keeps the gradient each noisy step hands the inner optimizer."""
+
+        steps: list[dict[str, torch.Tensor]]
+
+        def prepare(self, optimizer, windows):
+            self.steps = []
+            dp = super().prepare(optimizer, windows)
+            names = {id(p): n for n, p in self.model.named_parameters()}
+
+            def record(inner, args, kwargs):
+                self.steps.append(
+                    {names[id(p)]: p.grad.clone() for p in dp.params if p.grad is not None}
+                )
+
+            dp.original_optimizer.register_step_pre_hook(record)
+            return dp
+
+    notes = corpus(tmp_path / "c", 60, seed=1)
+    seen = {}
+    for micro in (64, 4):
+        _, loaded = load_for_training(tiny_config(tiny_llama), tmp_path, gpu=False)
+        loaded.model.dropout.p = 0.0  # the head's dropout masks differ with the batch's shape
+        cfg = replace(tiny_train_config("top:2", 1, tmp_path / "act"), batch_size=20,
+                      micro_batch_size=micro)  # fmt: skip
+        selection = LayerSelection.parse("top:2", loaded.num_layers)
+        trainer = Trainer(loaded, selection, cfg, progress=False)
+        policy = Recording(loaded.model, 1e-6, 0.05, 20, torch.Generator().manual_seed(5))
+        trainer.policy = policy
+        trainer.fit(notes, [])
+        assert policy.steps_taken == 3 and len(policy.steps) == 3
+        seen[micro] = policy.steps
+    for whole, parts in zip(seen[64], seen[4], strict=True):
+        assert whole and set(parts) == set(whole)
+        for name, grad in whole.items():
+            torch.testing.assert_close(parts[name], grad, rtol=1e-4, atol=1e-6)
+        assert (
+            max(float(g.norm()) for g in whole.values()) <= 2 * 0.05
+        )  # clipped: a Poisson batch ~20

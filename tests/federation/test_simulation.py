@@ -101,3 +101,21 @@ def test_the_sentence_task_is_learnt_federated_the_same_way(tiny_llama: Path, tm
     assert all((initial[k] == v).all() for k, v in node.initial_arrays().items())
     with pytest.raises(ValueError, match="only NER models are packaged"):
         node.write_package(initial, tmp_path / "package")
+
+
+def test_a_warm_start_and_a_scorer_replace_the_seeded_start_and_the_node_score(
+    tiny_llama: Path, tmp_path: Path, split
+):
+    parts, test = split
+    cfg = tiny_config(tiny_llama, rounds=1)
+    cold = simulate(cfg, parts, test, tmp_path / "cold")
+    calls: list[int] = []
+
+    def scorer(node, arrays, notes) -> float:
+        calls.append(len(notes))
+        return node.score(arrays, notes)["f1"]
+
+    warm = simulate(cfg, parts, test, tmp_path / "warm", initial=cold.final_arrays, scorer=scorer)
+    assert warm.initial_f1 == pytest.approx(cold.rounds[-1].test_f1)
+    assert warm.initial_f1 > cold.initial_f1 + 0.3
+    assert calls == [len(test), len(test)]
