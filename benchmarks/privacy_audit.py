@@ -17,12 +17,13 @@ log2(1001) minus log2 of its loss rank among itself and 1,000 notes of the same 
 no hospital holds (1.44 on average for a random rank, 9.97 for the first). Run from the
 repository root after the privacy rows it audits:
 
-    .venv/bin/python benchmarks/privacy_audit.py --recipe lora8-warm --seed 1 --eps 8
+    .venv/bin/python benchmarks/privacy_audit.py --recipe lora8-warm --seed 1 --targets none 8
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import math
 import shlex
 import sys
@@ -50,6 +51,7 @@ from benchmarks.privacy_lab import (  # noqa: E402
 from federation.task import HospitalNode  # noqa: E402
 
 RESULT = ROOT / "benchmarks" / "results" / "privacy_audit.md"
+PRIVACY_STORE = ROOT / "benchmarks" / "results" / "privacy.json"
 Arrays = dict[str, np.ndarray]
 
 
@@ -90,10 +92,18 @@ def shadow(
     return arrays
 
 
-def audit(args: argparse.Namespace) -> dict[str, Any]:
+def audit(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
+    """One row per target in `args.targets` ("none" or an epsilon), keyed for the store."""
     corpus = Corpus.load(args.public, args.split_seed, args.train, args.test)
     cfg = base_config(args, args.recipe, args.seed)
     state = args.state_dir / "privacy"
+    paths = {}
+    for raw in args.targets:
+        eps = None if raw == "none" else float(raw)
+        path = state / "final" / f"{args.recipe}-eps{eps}-seed{args.seed}-{corpus.tag}.npz"
+        if not path.exists():
+            raise SystemExit(f"{path}: no global model; run benchmarks/privacy.py for it first")
+        paths["no DP" if eps is None else f"epsilon {eps:g}"] = (eps, path)
     warm = warm_start(cfg, corpus.public, RECIPES[args.recipe][1], state / "warm", args.state_dir)
     pool = corpus.public_pool(len(corpus.public))[: args.pool or None]
     references = [warm] + [
@@ -107,70 +117,91 @@ def audit(args: argparse.Namespace) -> dict[str, Any]:
     sets = {"members": members, "outsiders": outsiders, "planted": planted,
             "candidates": candidates()}  # fmt: skip
     reference_loss = {
-        name: np.mean([scorer.losses(host, ref, notes) for ref in references], axis=0)
-        for name, notes in sets.items()
-        if name in ("members", "outsiders")
+        name: np.mean([scorer.losses(host, ref, sets[name]) for ref in references], axis=0)
+        for name in ("members", "outsiders")
     }
     rows = {}
-    for eps in (None, args.eps):
-        path = state / "final" / f"{args.recipe}-eps{eps}-seed{args.seed}-{corpus.tag}.npz"
-        if not path.exists():
-            raise SystemExit(f"{path}: no global model; run benchmarks/privacy.py for it first")
+    for name, (eps, path) in paths.items():
+        started = time.perf_counter()
         with np.load(path) as data:
             target = {key: data[key] for key in data.files}
-        loss = {name: scorer.losses(host, target, notes) for name, notes in sets.items()}
+        loss = {n: scorer.losses(host, target, notes) for n, notes in sets.items()}
         calibrated = {n: reference_loss[n] - loss[n] for n in reference_loss}
         exposure = exposures(loss["planted"], loss["candidates"])
-        rows["no DP" if eps is None else f"epsilon {eps:g}"] = {
+        key = f"{args.recipe} | seed {args.seed} | {name} | {corpus.tag}"
+        rows[key] = {
+            "recipe": args.recipe,
+            "seed": args.seed,
+            "target": name,
+            "eps_target": eps,
+            "test_f1": _test_f1(args, eps, [len(p) for p in corpus.hospitals]),
+            "members": len(members),
+            "references": f"warm start + {args.shadows} shadows x {args.shadow_epochs} epochs "
+            f"on {len(pool) // 2} of {len(pool)} development sentences",
             "loss": attack_scores(-loss["members"], -loss["outsiders"]),
             "calibrated": attack_scores(calibrated["members"], calibrated["outsiders"]),
             "exposure_once": exposure[:CANARIES],
             "exposure_4x": exposure[CANARIES:],
-            "test_f1": scorer(host, target, corpus.test),
+            "command": "python benchmarks/privacy_audit.py " + shlex.join(sys.argv[1:]),
+            "machine": machine(),
+            "date": time.strftime("%Y-%m-%d"),
+            "seconds": round(time.perf_counter() - started, 1),
         }
-    return {"rows": rows, "members": len(members), "references": len(references)}
+    return rows
 
 
-def write(result: dict[str, Any], args: argparse.Namespace, seconds: float) -> None:
+def _test_f1(args: argparse.Namespace, eps: float | None, hospitals: list[int]) -> float | None:
+    """The audited model's strict test F1, from the privacy benchmark's row for it."""
+    store = json.loads(PRIVACY_STORE.read_text()) if PRIVACY_STORE.exists() else {}
+    for row in store.get("rows", {}).values():
+        same = (row["recipe"], row["seed"], row["eps_target"], row.get("hospitals"))
+        if same == (args.recipe, args.seed, eps, hospitals):
+            return float(row["f1"])
+    return None
+
+
+def write(store: dict[str, Any], path: Path) -> None:
+    rows = list(store.get("rows", {}).values())
     lines = [
         "# Privacy audit: membership inference and canary exposure against the global model",
         "",
-        "Command (from the repository root, `.venv/bin/python`):",
+        "Commands (from the repository root, `.venv/bin/python`):",
         "",
-        "    python benchmarks/privacy_audit.py " + shlex.join(sys.argv[1:]),
+        *[f"    {c}" for c in sorted({r["command"] for r in rows})],
         "",
-        f"Machine: {machine()}  ",
-        f"Date: {time.strftime('%Y-%m-%d')}, {seconds / 60:.1f} minutes",
+        "Machines: " + "; ".join(sorted({f"{r['machine']} ({r['date']})" for r in rows})),
         "",
-        f"Target: the global model of `benchmarks/privacy.py` recipe `{args.recipe}`, seed "
-        f"{args.seed}, after its rounds (see privacy.md for its sizes). Members: hospital-0's "
-        f"{result['members']} real training notes; non-members: as many test notes. Reference "
-        f"models for the calibrated attack: the public warm start and {args.shadows} shadow "
-        f"models ({args.shadow_epochs} epochs on random halves of the development sentences "
-        "after the public part). Exposure: log2(1001) - log2(rank): 1.44 on average for a rank "
-        "drawn at random, 9.97 for the top rank.",
+        "Targets: the global models `benchmarks/privacy.py` saved (sizes in privacy.md). "
+        "Members: hospital-0's real training notes; non-members: as many test notes. The "
+        "calibrated attack subtracts each note's mean loss under reference models that never "
+        "saw it (column `references`). Exposure: log2(1001) - log2(rank): 1.44 on average "
+        "for a rank drawn at random, 9.97 for the top rank. AUC 0.5 and TPR 0.01 at 1% FPR are "
+        "what guessing gets.",
         "",
-        "| target | test strict F1 | loss attack AUC | TPR at 1% FPR | calibrated attack AUC "
-        "| TPR at 1% FPR | canary exposure, planted once (mean / max) | planted 4 times "
-        "(mean / max) |",
-        "|---|---|---|---|---|---|---|---|",
+        "| recipe | seed | target | test strict F1 | loss attack AUC | TPR at 1% FPR "
+        "| calibrated attack AUC | TPR at 1% FPR | canary exposure, planted once (mean / max) "
+        "| planted 4 times (mean / max) | references |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
-    for name, row in result["rows"].items():
-        once, four = row["exposure_once"], row["exposure_4x"]
+    for r in sorted(rows, key=lambda r: (r["recipe"], r["seed"], r["eps_target"] is not None)):
+        once, four = r["exposure_once"], r["exposure_4x"]
+        f1 = "-" if r["test_f1"] is None else f"{r['test_f1']:.4f}"
         lines.append(
-            f"| {name} | {row['test_f1']:.4f} | {row['loss']['auc']:.3f} "
-            f"| {row['loss']['tpr_at_1pct_fpr']:.3f} | {row['calibrated']['auc']:.3f} "
-            f"| {row['calibrated']['tpr_at_1pct_fpr']:.3f} "
-            f"| {np.mean(once):.2f} / {max(once):.2f} | {np.mean(four):.2f} / {max(four):.2f} |"
+            f"| {r['recipe']} | {r['seed']} | {r['target']} | {f1} | {r['loss']['auc']:.3f} "
+            f"| {r['loss']['tpr_at_1pct_fpr']:.3f} | {r['calibrated']['auc']:.3f} "
+            f"| {r['calibrated']['tpr_at_1pct_fpr']:.3f} "
+            f"| {np.mean(once):.2f} / {max(once):.2f} | {np.mean(four):.2f} / {max(four):.2f} "
+            f"| {r['references']} |"
         )
-    args.output.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--recipe", default="lora8-warm", choices=list(RECIPES))
     parser.add_argument("--seed", type=int, default=1)
-    parser.add_argument("--eps", type=float, default=8.0, help="the DP row audited beside no DP")
+    parser.add_argument("--targets", nargs="+", default=["none", "8"],
+                        help="the privacy rows audited: none (no DP) or their epsilon")  # fmt: skip
     parser.add_argument("--rounds", type=int, default=10, help="as the audited privacy rows")
     parser.add_argument("--public", type=int, default=1000)
     parser.add_argument("--split-seed", type=int, default=8)
@@ -184,9 +215,12 @@ def main() -> None:
     parser.add_argument("--state-dir", type=Path, default=Path.home() / ".cache" / "appliance")
     parser.add_argument("--output", type=Path, default=RESULT)
     args = parser.parse_args()
-    started = time.perf_counter()
-    result = audit(args)
-    write(result, args, time.perf_counter() - started)
+    rows = audit(args)
+    store_path = args.output.with_suffix(".json")
+    store = json.loads(store_path.read_text()) if store_path.exists() else {}
+    store.setdefault("rows", {}).update(rows)
+    store_path.write_text(json.dumps(store, indent=2), encoding="utf-8")
+    write(store, args.output)
     print(args.output.read_text(encoding="utf-8"))
 
 
