@@ -55,12 +55,19 @@ RECIPES: dict[str, tuple[dict[str, Any], int, str]] = {
     "lora8-warm-lr1e-2": (_lora(16, 1e-2, 256), 3, "as lora8-warm, lr 1e-2"),
     "lora8-warm-r4": (_lora(4, 3e-3, 256), 3, "as lora8-warm, LoRA rank 4"),
     "lora8-warm-b16": (_lora(16, 2e-3, 16), 3, "as lora8-warm, batch 16, lr 2e-3"),
+    "lora8-warm-perlayer": (
+        {**_lora(16, 3e-3, 256), "dp_clipping": "per-layer"},
+        3,
+        "as lora8-warm, DP clipping per tensor (its no-DP twin is lora8-warm's)",
+    ),
     "layers8-warm": (
         {"mode": "layers", "learning_rate": 1e-3, "head_learning_rate": 3e-3, "batch_size": 256},
         3,
         "whole layers top:8 (DP on every weight of them), batch 256, lr 1e-3 (head 3e-3), warm",
     ),
 }
+# Recipes whose no-DP run is another recipe's (they differ only in how DP works)
+TWINS = {"lora8-warm-perlayer": "lora8-warm"}
 
 
 def base_config(args: argparse.Namespace, recipe: str, seed: int) -> FederationConfig:
@@ -130,6 +137,9 @@ def main() -> None:
         for seed in args.seeds:
             for raw in args.eps:
                 eps = None if raw == "none" else float(raw)
+                if eps is None and recipe in TWINS:
+                    print(f"{recipe}: its no-DP run is {TWINS[recipe]}'s", flush=True)
+                    continue
                 key = f"{recipe} | eps {raw} | seed {seed} | {sizes}"
                 store = json.loads(args.store.read_text()) if args.store.exists() else {}
                 if key in store.get("rows", {}):
@@ -143,7 +153,7 @@ def main() -> None:
                 args.store.write_text(json.dumps(store, indent=2), encoding="utf-8")
                 print(f"  -> F1 {row['f1']:.4f} eps {row['eps_spent']}", flush=True)
                 if args.store == STORE:
-                    write_report(store, RECIPES, RESULT)
+                    write_report(store, RECIPES, TWINS, RESULT)
 
 
 if __name__ == "__main__":

@@ -21,18 +21,18 @@ def _group(rows: list[dict[str, Any]]) -> dict[tuple[str, str, Any], list[dict[s
     return groups
 
 
-def _gap(groups: dict, sizes: str, recipe: str, eps: Any, rows: list[dict[str, Any]]) -> str:
-    """Mean strict F1 points lost against the no-DP twin, over the seeds both have."""
+def _gap(groups: dict, sizes: str, twin: str, eps: Any, rows: list[dict[str, Any]]) -> str:
+    """Mean strict F1 points lost against the no-DP run of `twin`, over the seeds both have."""
     if eps is None:
         return "-"
-    twins = {r["seed"]: r["f1"] for r in groups.get((sizes, recipe, None), [])}
+    twins = {r["seed"]: r["f1"] for r in groups.get((sizes, twin, None), [])}
     pairs = [(twins[r["seed"]], r["f1"]) for r in rows if r["seed"] in twins]
     if not pairs:
         return "no twin yet"
     return f"{100 * statistics.mean(a - b for a, b in pairs):.2f} ({len(pairs)} seeds)"
 
 
-def table(store: dict[str, Any], recipes: dict[str, tuple[Any, int, str]]) -> list[str]:
+def table(store: dict[str, Any], twins: dict[str, str]) -> list[str]:
     groups = _group(list(store.get("rows", {}).values()))
     lines = [
         "| recipe | epsilon target | seeds | strict F1 (mean ± sd) | F1 points lost to DP "
@@ -47,7 +47,7 @@ def table(store: dict[str, Any], recipes: dict[str, tuple[Any, int, str]]) -> li
         lines.append(
             f"| {recipe} | {eps if eps is not None else 'no DP'} "
             f"| {', '.join(str(r['seed']) for r in rows)} | {_mean([r['f1'] for r in rows])} "
-            f"| {_gap(groups, sizes, recipe, eps, rows)} "
+            f"| {_gap(groups, sizes, twins.get(recipe, recipe), eps, rows)} "
             f"| {_mean([p.get('Chemical', 0.0) for p in per_type])} / "
             f"{_mean([p.get('Disease', 0.0) for p in per_type])} "
             f"| {_mean([r['span_f1'] for r in rows])} | {_mean([r['initial_f1'] for r in rows])} "
@@ -58,7 +58,10 @@ def table(store: dict[str, Any], recipes: dict[str, tuple[Any, int, str]]) -> li
 
 
 def write_report(
-    store: dict[str, Any], recipes: dict[str, tuple[Any, int, str]], path: Path
+    store: dict[str, Any],
+    recipes: dict[str, tuple[Any, int, str]],
+    twins: dict[str, str],
+    path: Path,
 ) -> None:
     rows = list(store.get("rows", {}).values())
     sizes = sorted({r["sizes"] for r in rows})
@@ -83,7 +86,7 @@ def write_report(
         "",
         *[f"- `{name}`: {about}" for name, (_, _, about) in recipes.items()],
         "",
-        *table(store, recipes),
+        *table(store, twins),
         "",
     ]
     path.write_text("\n".join(text), encoding="utf-8")

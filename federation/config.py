@@ -13,6 +13,7 @@ COMPRESSIONS = ("auto", "none", "fp16", "bf16", "int8", "topk")
 STRATEGIES = ("fedavg", "fedprox")
 LR_SCHEDULES = ("constant", "cosine")
 CLIENT_DP = ("none", "client-fixed")
+DP_CLIPPING = ("flat", "per-layer")
 FROZEN_QUANTIZATIONS = ("auto", "none", "nf4")
 OPTIMIZERS = ("adamw", "adafactor")
 LARGE_BASE_PARAMETERS = 500_000_000  # the `auto`s: a base this large trains on NF4, sends int8
@@ -154,6 +155,13 @@ class FederationConfig:
     dp_max_grad_norm: float = field(
         default=1.0, metadata={"help": "DP-SGD per-sample clipping norm"}
     )
+    dp_clipping: str = field(
+        default="flat",
+        metadata={
+            "help": "flat (one norm over every trained tensor) or per-layer (each tensor "
+            "clipped to dp-max-grad-norm / sqrt(tensors): the same total norm, and noise)"
+        },
+    )
     dp_epsilon_budget: float = field(
         default=8.0,
         metadata={
@@ -202,6 +210,7 @@ class FederationConfig:
         _one_of("strategy", self.strategy, STRATEGIES)
         _one_of("lr-schedule", self.lr_schedule, LR_SCHEDULES)
         _one_of("client-dp", self.client_dp, CLIENT_DP)
+        _one_of("dp-clipping", self.dp_clipping, DP_CLIPPING)
         _one_of("frozen-quantization", self.frozen_quantization, FROZEN_QUANTIZATIONS)
         _one_of("optimizer", self.optimizer, OPTIMIZERS)
         _positive(

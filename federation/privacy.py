@@ -9,6 +9,7 @@ multiplier, Poisson sample rate, count) into ε at the ledger's δ.
 from __future__ import annotations
 
 import json
+import math
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -18,7 +19,7 @@ from typing import Any
 import torch
 from opacus import GradSampleModule
 from opacus.accountants import RDPAccountant
-from opacus.optimizers import DPOptimizer
+from opacus.optimizers import DPOptimizer, DPPerLayerOptimizer
 
 Step = tuple[float, float, int]  # (noise multiplier, sample rate, steps): Opacus' history entry
 
@@ -105,7 +106,9 @@ class DPSGDPolicy:
     """The Trainer's step policy for DP-SGD: Poisson batches, per-sample clipping, Gaussian noise.
 
     Per-sample gradients come from Opacus' GradSampleModule hooks on the trainable modules (its
-    functorch fallback covers Llama's RMSNorm); the optimizer is Opacus' DPOptimizer. A Poisson
+    functorch fallback covers Llama's RMSNorm); the optimizer is Opacus' DPOptimizer, or its
+    DPPerLayerOptimizer with `clipping = "per-layer"` (each tensor clipped to its share of the
+    norm, so a tensor with large gradients cannot crowd out the others' signal). A Poisson
     batch larger than the trainer's micro-batch is computed in parts whose clipped per-sample
     gradients are summed (Opacus' skipped steps) before the one noisy step.
     """
@@ -117,8 +120,10 @@ class DPSGDPolicy:
         max_grad_norm: float,
         batch_size: int,
         gen: torch.Generator,
+        clipping: str = "flat",
     ) -> None:
         self.model, self.noise, self.max_grad_norm = model, noise, max_grad_norm
+        self.clipping = clipping
         self.batch_size, self.gen = batch_size, gen
         self.steps_taken = 0
         self.sample_rate = 0.0
@@ -132,6 +137,16 @@ class DPSGDPolicy:
     def prepare(self, optimizer: torch.optim.Optimizer, windows: int) -> torch.optim.Optimizer:
         self.sample_rate = min(1.0, self.batch_size / windows)
         self._wrapper = GradSampleModule(self.model, batch_first=True, loss_reduction="mean")
+        if self.clipping == "per-layer":  # the same total norm, split evenly over the tensors
+            count = sum(p.requires_grad for g in optimizer.param_groups for p in g["params"])
+            return DPPerLayerOptimizer(
+                optimizer,
+                noise_multiplier=self.noise,
+                max_grad_norm=[self.max_grad_norm / math.sqrt(count)] * count,
+                expected_batch_size=self.batch_size,
+                loss_reduction="mean",
+                generator=None,
+            )
         return DPOptimizer(
             optimizer,
             noise_multiplier=self.noise,

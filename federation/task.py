@@ -215,6 +215,7 @@ class HospitalNode:
                 self.cfg.dp_max_grad_norm,
                 self.cfg.batch_size,
                 gen,
+                self.cfg.dp_clipping,
             )
         result = trainer.fit(self.round_notes(server_round), [])
         return float(result.history[-1].loss) if result.history else float("nan")

@@ -7,9 +7,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from opacus.accountants import RDPAccountant
 
-from federation.privacy import PrivacyLedger
+from federation.privacy import DPSGDPolicy, PrivacyLedger
 from federation.task import HospitalNode
 from tests.federation.helpers import corpus, tiny_config
 
@@ -59,36 +60,34 @@ def test_dp_rounds_spend_then_decline_over_budget(tiny_llama: Path, tmp_path: Pa
     assert np.isfinite(list(first.payload.values())[0]).all()
 
 
+class Recording(DPSGDPolicy):
+    """Keeps the gradient each noisy step hands the inner optimizer."""
+
+    steps: list[dict[str, torch.Tensor]]
+
+    def prepare(self, optimizer, windows):
+        self.steps = []
+        dp = super().prepare(optimizer, windows)
+        names = {id(p): n for n, p in self.model.named_parameters()}
+
+        def record(inner, args, kwargs):
+            self.steps.append(
+                {names[id(p)]: p.grad.clone() for p in dp.params if p.grad is not None}
+            )
+
+        dp.original_optimizer.register_step_pre_hook(record)
+        return dp
+
+
 def test_a_dp_batch_in_micro_batches_clips_each_sample_and_steps_once(
     tiny_llama: Path, tmp_path: Path
 ):
     from dataclasses import replace
 
-    import torch
-
     from appliance.layers import LayerSelection
     from appliance.training import Trainer
-    from federation.privacy import DPSGDPolicy
     from federation.task import load_for_training
     from tests.conftest import tiny_train_config
-
-    class Recording(DPSGDPolicy):
-        """Keeps the gradient each noisy step hands the inner optimizer."""
-
-        steps: list[dict[str, torch.Tensor]]
-
-        def prepare(self, optimizer, windows):
-            self.steps = []
-            dp = super().prepare(optimizer, windows)
-            names = {id(p): n for n, p in self.model.named_parameters()}
-
-            def record(inner, args, kwargs):
-                self.steps.append(
-                    {names[id(p)]: p.grad.clone() for p in dp.params if p.grad is not None}
-                )
-
-            dp.original_optimizer.register_step_pre_hook(record)
-            return dp
 
     notes = corpus(tmp_path / "c", 60, seed=1)
     seen = {}
@@ -111,3 +110,42 @@ def test_a_dp_batch_in_micro_batches_clips_each_sample_and_steps_once(
         assert (
             max(float(g.norm()) for g in whole.values()) <= 2 * 0.05
         )  # clipped: a Poisson batch ~20
+
+
+def test_per_layer_clipping_bounds_every_tensor_by_its_share_and_spends_the_same(
+    tiny_llama: Path, tmp_path: Path
+):
+    from dataclasses import replace
+
+    from appliance.layers import LayerSelection
+    from appliance.training import Trainer
+    from federation.task import load_for_training
+    from tests.conftest import tiny_train_config
+
+    notes = corpus(tmp_path / "c", 60, seed=1)
+    largest = {}
+    for clipping in ("flat", "per-layer"):
+        _, loaded = load_for_training(tiny_config(tiny_llama), tmp_path, gpu=False)
+        cfg = replace(tiny_train_config("top:2", 1, tmp_path / "act"), batch_size=60)
+        selection = LayerSelection.parse("top:2", loaded.num_layers)
+        trainer = Trainer(loaded, selection, cfg, progress=False)
+        gen = torch.Generator().manual_seed(5)
+        policy = Recording(loaded.model, 1e-6, 0.05, 60, gen, clipping)
+        trainer.policy = policy
+        trainer.fit(notes, [])
+        step = policy.steps[0]
+        share = 0.05 / len(step) ** 0.5
+        largest[clipping] = max(float(g.norm()) / share for g in step.values())
+    # batch 60 of 60 notes: every note in every step, so the mean of clipped gradients is
+    # bounded by the clip itself; one flat norm lets some tensors take more than their share
+    assert largest["per-layer"] <= 1.0 + 1e-3
+    assert largest["flat"] > 1.2
+    for clipping in ("flat", "per-layer"):
+        node_cfg = tiny_config(tiny_llama, dp=True, dp_noise_multiplier=1.5, dp_clipping=clipping)
+        node = HospitalNode.load(node_cfg, notes, tmp_path / clipping, "h")
+        update = node.train_round(node.initial_arrays(), 1)
+        assert update.declined is None
+        largest[clipping] = float(update.metrics["eps_spent"])
+    assert largest["flat"] == largest["per-layer"] > 0
+    with pytest.raises(ValueError, match="dp-clipping 'layer'"):
+        tiny_config(tiny_llama, dp_clipping="layer")
