@@ -14,11 +14,12 @@ after every row. Run from the repository root:
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import shlex
 import sys
 import time
-from dataclasses import replace
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
@@ -29,10 +30,16 @@ sys.path.insert(0, str(ROOT))
 
 from benchmarks.core import machine  # noqa: E402
 from benchmarks.experiments_local import noise_for  # noqa: E402
-from benchmarks.privacy_lab import Corpus, Scorer, warm_start  # noqa: E402
+from benchmarks.privacy_lab import (  # noqa: E402
+    Corpus,
+    RoundCheckpoint,
+    Scorer,
+    trim_ledgers,
+    warm_start,
+)
 from benchmarks.privacy_report import write_report  # noqa: E402
 from federation.config import FederationConfig  # noqa: E402
-from federation.simulation import simulate  # noqa: E402
+from federation.simulation import RoundRecord, simulate  # noqa: E402
 
 RESULT = ROOT / "benchmarks" / "results" / "privacy.md"
 STORE = RESULT.with_suffix(".json")
@@ -77,42 +84,58 @@ def base_config(args: argparse.Namespace, recipe: str, seed: int) -> FederationC
 
 
 def run_row(args: argparse.Namespace, corpus: Corpus, recipe: str, eps: float | None, seed: int):
+    """One row: resumed from its round checkpoint when an earlier invocation was cut short."""
     cfg = base_config(args, recipe, seed)
     state = args.state_dir / "privacy"
     scorer = Scorer(state / "prefix-cache")
-    public_epochs = RECIPES[recipe][1]
-    initial = (
-        warm_start(cfg, corpus.public, public_epochs, state / "warm", args.state_dir)
-        if public_epochs
-        else None
-    )
     noise = 0.0
     if eps is not None:
         smallest = min(len(p) for p in corpus.hospitals)
         noise = noise_for(eps, DELTA, smallest, cfg)
         cfg = replace(cfg, dp=True, dp_noise_multiplier=noise, dp_epsilon_budget=eps + 1e-6)
-    run_dir = state / "runs" / f"eps-{eps}"  # the hospitals' prefix caches serve every recipe
-    for spent in run_dir.glob("*/privacy-ledger.json"):
-        spent.unlink()  # every row starts with a fresh budget
+    key = f"{recipe} {eps} {seed} {corpus.tag} {args.rounds}"
+    run_dir = state / "runs" / hashlib.sha256(key.encode()).hexdigest()[:12]
+    checkpoint = RoundCheckpoint(run_dir / "checkpoint")
+    done, arrays, meta = checkpoint.load()
+    if done >= cfg.rounds:
+        raise SystemExit(f"{checkpoint.directory}: holds every round but no row; remove it")
+    trim_ledgers(run_dir, done)
+    for index in range(len(corpus.hospitals)):  # one prefix cache for every row
+        link = run_dir / f"hospital-{index}" / "activations"
+        if not link.exists():
+            link.parent.mkdir(parents=True, exist_ok=True)
+            link.symlink_to(state / "prefix-cache", target_is_directory=True)
+    if arrays is None and RECIPES[recipe][1]:
+        arrays = warm_start(cfg, corpus.public, RECIPES[recipe][1], state / "warm", args.state_dir)
     started = time.perf_counter()
-    result = simulate(cfg, corpus.hospitals, corpus.test, run_dir, bases_dir=args.state_dir,
-                      score_every=cfg.rounds, initial=initial, scorer=scorer)  # fmt: skip
-    last = result.rounds[-1]
+
+    def on_round(record: RoundRecord, global_arrays: dict[str, np.ndarray]) -> None:
+        if meta["initial"] is None:  # a fresh row scored round 0 first
+            meta["initial"] = scorer.scores[0]
+        meta["records"].append(asdict(record))
+        checkpoint.save(meta | {"seconds": meta["seconds"] + time.perf_counter() - started},
+                        global_arrays)  # fmt: skip
+
+    if done:
+        print(f"  resuming after round {done}", flush=True)
+    result = simulate(cfg, corpus.hospitals, corpus.test, run_dir, on_round, args.state_dir,
+                      cfg.rounds, arrays, scorer, first_round=done + 1)  # fmt: skip
     final = state / "final" / f"{recipe}-eps{eps}-seed{seed}-{corpus.tag}.npz"
     final.parent.mkdir(parents=True, exist_ok=True)
     np.savez(final, **result.final_arrays)  # type: ignore[arg-type]  # the audit's target
+    records = meta["records"]
     return {
         "recipe": recipe,
         "eps_target": eps,
         "seed": seed,
         "noise": noise,
-        "initial_f1": result.initial_f1,
+        "initial_f1": meta["initial"]["f1"],
         **scorer.last,
-        "eps_spent": last.eps_spent,
+        "eps_spent": records[-1]["eps_spent"],
         "hospitals": [len(p) for p in corpus.hospitals],
-        "declined": sum(len(r.declined) for r in result.rounds),
-        "losses": [r.losses for r in result.rounds],
-        "seconds": round(time.perf_counter() - started, 1),
+        "declined": sum(len(r["declined"]) for r in records),
+        "losses": [r["losses"] for r in records],
+        "seconds": round(meta["seconds"] + time.perf_counter() - started, 1),
     }
 
 

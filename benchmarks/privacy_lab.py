@@ -113,6 +113,7 @@ class Scorer:
         self.cache_dir = cache_dir
         self._states: dict[str, tuple[list[EncodedWindow], list[torch.Tensor]]] = {}
         self.last: dict[str, Any] = {}
+        self.scores: list[dict[str, Any]] = []  # every score taken, in order
 
     def _windows(
         self, node: HospitalNode, notes: Sequence[Note]
@@ -145,6 +146,7 @@ class Scorer:
             "span_f1": float(span["overall"]["f1"]),
             "per_type": {k: float(v["f1"]) for k, v in strict.items() if k != "overall"},
         }
+        self.scores.append(self.last)
         return self.last["f1"]
 
     def losses(
@@ -179,3 +181,46 @@ def warm_start(
         make_warm_start(cfg, public, epochs, path, bases, batch_size=16)
     with np.load(path) as data:
         return {k: data[k] for k in data.files if k != SETTINGS}
+
+
+class RoundCheckpoint:
+    """A benchmark row's progress after each round (the global model, the rounds' records, the
+    seconds spent), so a row cut short resumes at its next round in a later invocation; the
+    hospitals' privacy ledgers stay in their state dirs beside it."""
+
+    def __init__(self, directory: Path) -> None:
+        self.directory = directory
+        self.meta_path = directory / "checkpoint.json"
+        self.arrays_path = directory / "global.npz"
+
+    def load(self) -> tuple[int, Arrays | None, dict[str, Any]]:
+        """(rounds done, the global model after them, meta), or (0, None, fresh meta)."""
+        if not self.meta_path.exists():
+            return 0, None, {"records": [], "seconds": 0.0, "initial": None}
+        meta = json.loads(self.meta_path.read_text(encoding="utf-8"))
+        with np.load(self.arrays_path) as data:
+            arrays = {k: data[k] for k in data.files}
+        return len(meta["records"]), arrays, meta
+
+    def save(self, meta: dict[str, Any], arrays: Mapping[str, np.ndarray]) -> None:
+        self.directory.mkdir(parents=True, exist_ok=True)
+        tmp = self.directory / "global.tmp.npz"
+        np.savez(tmp, **arrays)  # type: ignore[arg-type]
+        tmp.replace(self.arrays_path)  # a model newer than the meta is harmless: it is redone
+        tmp_meta = self.meta_path.with_suffix(".tmp")
+        tmp_meta.write_text(json.dumps(meta), encoding="utf-8")
+        tmp_meta.replace(self.meta_path)
+
+
+def trim_ledgers(run_dir: Path, rounds_done: int) -> None:
+    """Keep in each hospital's ledger only the rounds a checkpoint holds (a row cut short
+    mid-round may have committed the next one at some hospitals); none for a fresh row."""
+    for path in run_dir.glob("*/privacy-ledger.json"):
+        if rounds_done == 0:
+            path.unlink()
+            continue
+        raw = json.loads(path.read_text(encoding="utf-8"))
+        keep = [i for i, r in enumerate(raw["rounds"]) if r["round"] <= rounds_done]
+        raw["rounds"] = [raw["rounds"][i] for i in keep]
+        raw["history"] = [raw["history"][i] for i in keep]
+        path.write_text(json.dumps(raw, indent=2), encoding="utf-8")

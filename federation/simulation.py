@@ -8,6 +8,7 @@ serialized payloads.
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -57,11 +58,12 @@ def simulate(
     partitions: Sequence[Sequence[Note]],
     test_notes: Sequence[Note],
     state_dir: Path,
-    on_round: Callable[[RoundRecord], None] | None = None,
+    on_round: Callable[[RoundRecord, dict[str, np.ndarray]], None] | None = None,
     bases_dir: Path | None = None,
     score_every: int = 1,
     initial: Mapping[str, np.ndarray] | None = None,
     scorer: Scorer | None = None,
+    first_round: int = 1,
 ) -> SimulationResult:
     """Run `cfg.rounds` rounds of train -> check -> aggregate -> score on `test_notes`.
 
@@ -69,6 +71,9 @@ def simulate(
     `test_f1` is NaN (long runs of short rounds). `initial`: the round-0 global model (a warm
     start) instead of the nodes' seeded start. `scorer(node, arrays, notes)`: the F1 to record
     instead of `HospitalNode.score`'s (e.g. one that reuses the frozen prefix's cache).
+    `on_round(record, global_arrays)` after each round (a caller's checkpoint); resuming from
+    one: `first_round` k + 1 with `initial` the global model after round k (the nodes' state
+    dirs keep their ledgers; `initial_f1` is then NaN and `rounds` holds the rounds run).
     """
     score = scorer or (lambda node, arrays, notes: node.score(arrays, notes)["f1"])
     nodes = [
@@ -78,9 +83,9 @@ def simulate(
         for i, notes in enumerate(partitions)
     ]
     global_arrays = dict(initial) if initial is not None else nodes[0].initial_arrays()
-    initial_f1 = score(nodes[0], global_arrays, test_notes)
+    initial_f1 = score(nodes[0], global_arrays, test_notes) if first_round == 1 else math.nan
     records = []
-    for server_round in range(1, cfg.rounds + 1):
+    for server_round in range(first_round, cfg.rounds + 1):
         sent = downlink(global_arrays, nodes[0].cfg.compression)  # resolved for the base
         updates = {node.name: node.train_round(sent, server_round) for node in nodes}
         reference = {k: v.astype(np.float32) for k, v in sent.items()}
@@ -108,6 +113,6 @@ def simulate(
         log.info("round %d: test F1 %.4f", server_round, record.test_f1)
         records.append(record)
         if on_round is not None:
-            on_round(record)
+            on_round(record, global_arrays)
     parameters = sum(int(v.size) for v in global_arrays.values())
     return SimulationResult(initial_f1, records, parameters, global_arrays)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -119,3 +120,26 @@ def test_a_warm_start_and_a_scorer_replace_the_seeded_start_and_the_node_score(
     assert warm.initial_f1 == pytest.approx(cold.rounds[-1].test_f1)
     assert warm.initial_f1 > cold.initial_f1 + 0.3
     assert calls == [len(test), len(test)]
+
+
+def test_a_run_resumed_from_a_round_checkpoint_ends_where_the_whole_run_ends(
+    tiny_llama: Path, tmp_path: Path, split
+):
+    import numpy as np
+
+    parts, test = split
+    cfg = tiny_config(tiny_llama, dp=True, dp_noise_multiplier=1.0, dp_epsilon_budget=100.0)
+    whole = simulate(cfg, parts, test, tmp_path / "whole")
+    saved: dict[int, dict] = {}
+
+    def keep(record, arrays) -> None:
+        saved[record.server_round] = dict(arrays)
+
+    simulate(replace(cfg, rounds=1), parts, test, tmp_path / "resumed", on_round=keep)
+    resumed = simulate(cfg, parts, test, tmp_path / "resumed", initial=saved[1], first_round=2)
+    assert [r.server_round for r in resumed.rounds] == [2]
+    assert np.isnan(resumed.initial_f1)
+    for name, tensor in whole.final_arrays.items():
+        np.testing.assert_allclose(resumed.final_arrays[name], tensor, rtol=1e-5, atol=1e-6)
+    assert resumed.rounds[-1].eps_spent == whole.rounds[-1].eps_spent
+    assert resumed.rounds[-1].test_f1 == whole.rounds[-1].test_f1
