@@ -40,8 +40,10 @@ def table(store: dict[str, Any], twins: dict[str, str]) -> list[str]:
         "| noise | minutes per run |",
         "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
-    for (sizes, recipe, eps), rows in sorted(groups.items(), key=lambda g: (g[0][0], g[0][1],
-                                             g[0][2] or float("inf"))):  # fmt: skip
+    order = sorted(
+        groups.items(), key=lambda g: (g[0][0], g[0][1], g[0][2] is not None, g[0][2] or 0)
+    )
+    for (sizes, recipe, eps), rows in order:
         per_type = [r["per_type"] for r in rows]
         spent = sorted({round(v, 2) for r in rows for v in r["eps_spent"].values()})
         lines.append(
