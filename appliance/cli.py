@@ -71,6 +71,12 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--max-dev-notes", type=int, help="use only the first N dev notes")
     train.add_argument("--no-cache", action="store_true", help="disable the activation cache")
     train.add_argument("--no-progress", action="store_true", help="no progress bar")
+    train.add_argument(
+        "--checkpoint",
+        type=Path,
+        help="save the training's state here after every epoch and resume from it if it exists "
+        "(same settings and notes; removed once the package is written)",
+    )
 
     evaluate = sub.add_parser("evaluate", help="strict entity F1 and span F1 of a package")
     _model_flags(evaluate)

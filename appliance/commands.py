@@ -11,6 +11,7 @@ from typing import Any
 
 from appliance.config import ApplianceConfig, load_config
 from appliance.evaluation import evaluate_predictions
+from appliance.exits import CommandError
 from appliance.inference import Annotator, spans_as_json
 from appliance.layers import LayerSelection
 from appliance.model import describe, load_model
@@ -97,9 +98,9 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
     loaded = load_model(cfg.model, labels, cfg.state_dir, cfg.train.layers)
     selection = LayerSelection.parse(cfg.train.layers, loaded.num_layers)
     started = time.perf_counter()
-    result = Trainer(loaded, selection, cfg.train, progress=not args.no_progress).fit(
-        train_notes, dev_notes
-    )
+    trainer = Trainer(loaded, selection, cfg.train, progress=not args.no_progress)
+    trainer.checkpoint = args.checkpoint
+    result = trainer.fit(train_notes, dev_notes)
     training = {
         "config": cfg.to_dict(),
         "data": {
@@ -119,7 +120,13 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
         "seconds": time.perf_counter() - started,
     }
     windowing = {"max_tokens": cfg.train.max_tokens, "context_tokens": cfg.train.context_tokens}
-    path = save_package(args.out, loaded, selection, windowing, training)
+    try:
+        path = save_package(args.out, loaded, selection, windowing, training)
+    except OSError as err:
+        kept = f"; the training is kept in {args.checkpoint}" if args.checkpoint else ""
+        raise CommandError(f"{args.out}: cannot write the package ({err.strerror}){kept}") from err
+    if args.checkpoint is not None:
+        args.checkpoint.unlink(missing_ok=True)  # the package holds the training now
     return {
         "package": str(path),
         "best_epoch": result.best_epoch,

@@ -9,13 +9,15 @@ import random
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
-from typing import Protocol
+from pathlib import Path
+from typing import Any, Protocol
 
 import numpy as np
 import torch
 from tqdm import tqdm
 from transformers import get_linear_schedule_with_warmup
 
+from appliance import train_checkpoint
 from appliance.cache import PrefixCache
 from appliance.collate import collate_ids, collate_states
 from appliance.config import TrainConfig
@@ -165,6 +167,8 @@ class Trainer:
       proximal term); None for none.
     - `policy` (attribute, read by `fit`): how batches are drawn and steps taken (DP-SGD's
       Poisson batches, per-sample clipping and noise); None for plain shuffled batches.
+    - `checkpoint` (attribute, read by `fit`): a file `fit` saves its state to after every
+      epoch and resumes from when it exists (`appliance.train_checkpoint`); None for none.
     - `init_head(gen)`: the seeded head init `fit` runs with `fresh_head`, for callers that
       start from it themselves (every federated node makes the same start).
 
@@ -173,6 +177,7 @@ class Trainer:
 
     extra_loss: Callable[[], torch.Tensor] | None = None
     policy: StepPolicy | None = None
+    checkpoint: Path | None = None
 
     def __init__(
         self,
@@ -244,8 +249,15 @@ class Trainer:
             optimizer, int(self.cfg.warmup_ratio * steps), steps
         )
         best_state: dict[str, torch.Tensor] = {}
-        stale = 0
-        for epoch in range(1, self.cfg.epochs + 1):
+        stale, first = 0, 1
+        mark = train_checkpoint.fingerprint(self.cfg, len(train))
+        if self.checkpoint is not None:
+            if self.policy is not None:
+                raise ValueError("a checkpoint cannot resume a step policy's state (DP-SGD)")
+            resumed = train_checkpoint.load(self.checkpoint, mark)
+            if resumed is not None:
+                first, stale, best_state = self._restore(resumed, optimizer, scheduler, gen, result)
+        for epoch in range(first, self.cfg.epochs + 1):
             stats = self._epoch(epoch, train, train_states, optimizer, scheduler, gen)
             stats.dev_f1 = self.dev_f1(dev_notes, dev, dev_states) if dev else 0.0
             result.history.append(stats)
@@ -256,9 +268,11 @@ class Trainer:
                     best_state = copy.deepcopy(self.selection.trained_state(self.loaded.model))
             else:
                 stale += 1
-                if stale >= self.cfg.patience:
-                    result.stopped_early = True
-                    break
+                result.stopped_early = stale >= self.cfg.patience
+            if self.checkpoint is not None:
+                self._save(mark, epoch, stale, best_state, optimizer, scheduler, gen, result)
+            if result.stopped_early:
+                break
         if self.policy is not None:
             self.policy.finish()
         optimizer.zero_grad(set_to_none=True)  # the last step's gradients: the trained part's size
@@ -266,6 +280,27 @@ class Trainer:
             self.loaded.model.load_state_dict(best_state, strict=False)
         self.loaded.model.eval()
         return result
+
+    def _save(self, mark: str, epoch: int, stale: int, best: dict, optimizer: Any,
+              scheduler: Any, gen: torch.Generator, result: TrainResult) -> None:  # fmt: skip
+        """The state a later `fit` continues from after `epoch` (`checkpoint` set)."""
+        assert self.checkpoint is not None
+        trained = self.selection.trained_state(self.loaded.model)
+        state = train_checkpoint.state_of(
+            mark, epoch, stale, trained, best, optimizer, scheduler, gen, asdict(result)
+        )
+        train_checkpoint.save(self.checkpoint, state)
+
+    def _restore(self, state: dict, optimizer: Any, scheduler: Any, gen: torch.Generator,
+                 result: TrainResult) -> tuple[int, int, dict[str, torch.Tensor]]:  # fmt: skip
+        """Put the saved state back; returns (first epoch to run, stale epochs, best tensors)."""
+        train_checkpoint.restore(state, self.loaded.model, optimizer, scheduler, gen)
+        for key, value in state["result"].items():
+            setattr(result, key, value)
+        result.history = [EpochStats(**h) for h in state["result"]["history"]]
+        log.info("resuming after epoch %d from %s", state["epoch"], self.checkpoint)
+        first = self.cfg.epochs + 1 if result.stopped_early else state["epoch"] + 1
+        return first, int(state["stale"]), dict(state["best"])
 
     def _epoch(
         self,

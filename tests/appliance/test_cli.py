@@ -225,3 +225,27 @@ def test_train_on_several_files_with_a_held_out_dev_split(
     assert data["dev"]["split_from_train"] == 30
     code, _, err = _run(capsys, [*argv[:-3], "--dev-split", "999", "--out", str(root / "x")])
     assert code == EXIT_USAGE and "--dev-split 999: need 0 < N < 200" in err
+
+
+def test_train_resumes_from_its_checkpoint_and_removes_it_once_packaged(
+    trained: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+):
+    import torch
+
+    root = trained["root"]
+    checkpoint = tmp_path / "train.pt"
+    argv = ["train", "--config", str(trained["config"]), "--train", str(root / "train.jsonl"),
+            "--layers", "top:2", "--no-progress", "--checkpoint", str(checkpoint)]  # fmt: skip
+    blocked = tmp_path / "file"
+    blocked.write_text("a file, not a folder")
+    code, _, err = _run(capsys, [*argv, "--epochs", "1", "--out", str(blocked / "pkg")])
+    assert code == EXIT_USAGE and checkpoint.exists()  # trained, but no package written
+    assert "file/pkg: cannot write the package (Not a directory)" in err
+    assert f"the training is kept in {checkpoint}" in err
+    saved = torch.load(checkpoint, weights_only=True)["result"]["history"]
+    code, _, err = _run(capsys, [*argv, "--epochs", "2", "--out", str(tmp_path / "pkg")])
+    assert code == 0 and not checkpoint.exists(), err
+    meta = json.loads((tmp_path / "pkg" / "package.json").read_text())
+    history = meta["training"]["result"]["history"]
+    assert len(history) == 2
+    assert {k: history[0][k] for k in saved[0]} == saved[0]  # epoch 1 resumed, not retrained
