@@ -82,7 +82,9 @@ def write_report(
         "skew; the public part is the start of the development set, which no hospital holds; "
         "strict entity F1 (seqeval) on the test set. DP: Opacus DP-SGD per hospital, Poisson "
         "sampling, per-sample clipping at 1.0, RDP accounting at delta 1e-5; the noise is set "
-        "so the smallest hospital spends the target over all rounds.",
+        "so the smallest hospital spends the target over all rounds. Round-0 F1 is the starting "
+        "model's alone (the public warm start's, or the seeded start's): a DP row at or below it "
+        "gained nothing from the hospitals' notes.",
         "",
         "Recipes:",
         "",
