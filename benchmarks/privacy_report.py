@@ -79,7 +79,9 @@ def write_report(
         "Machines: " + "; ".join(machines),
         "",
         "Sizes: " + "; ".join(sizes) + ". Training sentences split by Dirichlet(0.5) label "
-        "skew; the public part is the start of the development set, which no hospital holds; "
+        "skew, and hospital-0 also holds 40 synthetic canary sentences for privacy_audit.py "
+        "(counted in its size); the public part is the start of the development set, which no "
+        "hospital holds; "
         "strict entity F1 (seqeval) on the test set. DP: Opacus DP-SGD per hospital, Poisson "
         "sampling, per-sample clipping at 1.0, RDP accounting at delta 1e-5; the noise is set "
         "so the smallest hospital spends the target over all rounds. Round-0 F1 is the starting "
