@@ -34,6 +34,7 @@ from benchmarks.privacy_lab import (  # noqa: E402
     Corpus,
     RoundCheckpoint,
     Scorer,
+    add_corpus_args,
     trim_ledgers,
     warm_start,
 )
@@ -144,12 +145,7 @@ def main() -> None:
     parser.add_argument("--recipes", nargs="+", default=["lora8-warm"], choices=list(RECIPES))
     parser.add_argument("--eps", nargs="+", default=["none", "8"], help="targets; none = no DP")
     parser.add_argument("--seeds", nargs="+", type=int, default=[1, 2, 3])
-    parser.add_argument("--rounds", type=int, default=10)
-    parser.add_argument("--public", type=int, default=1000, help="public dev sentences")
-    parser.add_argument("--split-seed", type=int, default=8)
-    parser.add_argument("--train", type=int, default=0, help="first N training sentences (0 all)")
-    parser.add_argument("--test", type=int, default=0, help="first N test sentences (0 all)")
-    parser.add_argument("--state-dir", type=Path, default=Path.home() / ".cache" / "appliance")
+    add_corpus_args(parser)
     parser.add_argument("--store", type=Path, default=STORE)
     args = parser.parse_args()
     corpus = Corpus.load(args.public, args.split_seed, args.train, args.test)

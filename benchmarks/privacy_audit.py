@@ -44,6 +44,7 @@ from benchmarks.privacy_lab import (  # noqa: E402
     CANARIES,
     Corpus,
     Scorer,
+    add_corpus_args,
     canary,
     candidates,
     warm_start,
@@ -214,17 +215,12 @@ def main() -> None:
     parser.add_argument("--targets", nargs="+", default=["none", "8"],
                         help="the privacy rows audited: none (no DP), their epsilon, or warm "
                              "(the public warm start, a control)")  # fmt: skip
-    parser.add_argument("--rounds", type=int, default=10, help="as the audited privacy rows")
-    parser.add_argument("--public", type=int, default=1000)
-    parser.add_argument("--split-seed", type=int, default=8)
-    parser.add_argument("--train", type=int, default=0)
-    parser.add_argument("--test", type=int, default=0)
+    add_corpus_args(parser)
     parser.add_argument(
         "--shadows", type=int, default=2, help="shadow models beside the warm start"
     )
     parser.add_argument("--shadow-epochs", type=int, default=3)
     parser.add_argument("--pool", type=int, default=0, help="shadow pool sentences (0: all)")
-    parser.add_argument("--state-dir", type=Path, default=Path.home() / ".cache" / "appliance")
     parser.add_argument("--output", type=Path, default=RESULT)
     args = parser.parse_args()
     rows = audit(args)

@@ -10,6 +10,7 @@ loss runs only the trained top layers.
 
 from __future__ import annotations
 
+import argparse
 import hashlib
 import json
 from collections.abc import Mapping, Sequence
@@ -67,6 +68,17 @@ def planted() -> list[Note]:
 def candidates() -> list[Note]:
     """Canaries of the same template that no hospital holds."""
     return [canary(i) for i in range(2 * CANARIES, 2 * CANARIES + CANDIDATES)]
+
+
+def add_corpus_args(parser: argparse.ArgumentParser) -> None:
+    """The options that fix a run's data and rounds: the benchmark and its audit share them,
+    so an audit finds the rows it was given the same options as."""
+    parser.add_argument("--rounds", type=int, default=10)
+    parser.add_argument("--public", type=int, default=1000, help="public dev sentences")
+    parser.add_argument("--split-seed", type=int, default=8)
+    parser.add_argument("--train", type=int, default=0, help="first N training sentences (0 all)")
+    parser.add_argument("--test", type=int, default=0, help="first N test sentences (0 all)")
+    parser.add_argument("--state-dir", type=Path, default=Path.home() / ".cache" / "appliance")
 
 
 @dataclass
