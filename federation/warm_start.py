@@ -44,14 +44,15 @@ def make_warm_start(
     state_dir: Path,
     batch_size: int = 16,
 ) -> dict[str, Any]:
-    """Train the seeded start of `cfg` on `notes` for `epochs` (no DP; `batch_size` windows a
-    step) and write it to `out` (atomically). Returns what was made: tensors, notes, epochs."""
+    """Train the seeded start of `cfg` on `notes` for `epochs` (no DP and no proximal pull back
+    to the seeded start; `batch_size` windows a step) and write it to `out` (atomically).
+    Returns what was made: tensors, notes, epochs."""
     from federation.task import HospitalNode
 
     if not notes:
         raise ValueError("warm start: no notes to train on")
     local = replace(cfg, dp=False, local_epochs=epochs, batch_size=batch_size, rounds=1,
-                    compression="none", local_fraction=1.0)  # fmt: skip
+                    compression="none", local_fraction=1.0, strategy="fedavg")  # fmt: skip
     node = HospitalNode.load(local, list(notes), state_dir / "warm-start", "warm-start",
                              bases_dir=state_dir)  # fmt: skip
     arrays = node.train_round(node.initial_arrays(), 1).payload
