@@ -110,7 +110,7 @@ def audit(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
             raise SystemExit(f"{path}: no global model; run benchmarks/privacy.py for it first")
         paths["no DP" if eps is None else f"epsilon {eps:g}"] = (eps, path)
     warm = warm_start(cfg, corpus.public, RECIPES[args.recipe][1], state / "warm", args.state_dir)
-    pool = corpus.public_pool(len(corpus.public))[: args.pool or None]
+    pool = corpus.pool[: args.pool or None]
     references = [warm] + [
         shadow(cfg, warm, pool, k, args.shadow_epochs, state / "shadows", args.state_dir)
         for k in range(args.shadows)

@@ -29,7 +29,9 @@ from appliance.inference import window_log_probs
 from appliance.notes import EntitySpan, Note
 from appliance.readers import read_notes
 from federation.config import FederationConfig
+from federation.daemon_config import LEDGER_FILE
 from federation.partition import partition
+from federation.privacy import PrivacyLedger
 from federation.task import HospitalNode
 from federation.warm_start import SETTINGS, make_warm_start
 
@@ -91,6 +93,7 @@ class Corpus:
     test: list[Note]
     split_seed: int
     members: list[Note]
+    pool: list[Note]  # development sentences after the public part: the shadow models' data
 
     @property
     def tag(self) -> str:
@@ -110,11 +113,7 @@ class Corpus:
         members = parts[0]
         parts[0] = [*members, *planted()]
         test_notes = test_notes[:test] if test else test_notes
-        return cls(parts, dev[:public], test_notes, split_seed, members)
-
-    def public_pool(self, dev_offset: int) -> list[Note]:
-        """Development sentences after the public part: the shadow models' data."""
-        return read_notes(str(DATA / "devel.tsv")).notes[dev_offset:]
+        return cls(parts, dev[:public], test_notes, split_seed, members, dev[public:])
 
 
 class Scorer:
@@ -203,36 +202,42 @@ class RoundCheckpoint:
     def __init__(self, directory: Path) -> None:
         self.directory = directory
         self.meta_path = directory / "checkpoint.json"
-        self.arrays_path = directory / "global.npz"
 
     def load(self) -> tuple[int, Arrays | None, dict[str, Any]]:
         """(rounds done, the global model after them, meta), or (0, None, fresh meta)."""
         if not self.meta_path.exists():
             return 0, None, {"records": [], "seconds": 0.0, "initial": None}
         meta = json.loads(self.meta_path.read_text(encoding="utf-8"))
-        with np.load(self.arrays_path) as data:
+        with np.load(self.directory / meta["arrays"]) as data:
             arrays = {k: data[k] for k in data.files}
         return len(meta["records"]), arrays, meta
 
     def save(self, meta: dict[str, Any], arrays: Mapping[str, np.ndarray]) -> None:
+        """The model after `meta`'s rounds in a file of its own, then the meta naming it: a
+        row cut between the two resumes from the previous pair."""
         self.directory.mkdir(parents=True, exist_ok=True)
-        tmp = self.directory / "global.tmp.npz"
+        name = f"global-{len(meta['records'])}.npz"
+        tmp = self.directory / f"{name}.tmp.npz"
         np.savez(tmp, **arrays)  # type: ignore[arg-type]
-        tmp.replace(self.arrays_path)  # a model newer than the meta is harmless: it is redone
+        tmp.replace(self.directory / name)
         tmp_meta = self.meta_path.with_suffix(".tmp")
-        tmp_meta.write_text(json.dumps(meta), encoding="utf-8")
+        tmp_meta.write_text(json.dumps(meta | {"arrays": name}), encoding="utf-8")
         tmp_meta.replace(self.meta_path)
+        for old in self.directory.glob("global-*.npz"):
+            if old.name != name:
+                old.unlink()
 
 
 def trim_ledgers(run_dir: Path, rounds_done: int) -> None:
     """Keep in each hospital's ledger only the rounds a checkpoint holds (a row cut short
     mid-round may have committed the next one at some hospitals); none for a fresh row."""
-    for path in run_dir.glob("*/privacy-ledger.json"):
+    for path in run_dir.glob(f"*/{LEDGER_FILE}"):
         if rounds_done == 0:
             path.unlink()
             continue
         raw = json.loads(path.read_text(encoding="utf-8"))
-        keep = [i for i, r in enumerate(raw["rounds"]) if r["round"] <= rounds_done]
-        raw["rounds"] = [raw["rounds"][i] for i in keep]
-        raw["history"] = [raw["history"][i] for i in keep]
-        path.write_text(json.dumps(raw, indent=2), encoding="utf-8")
+        ledger = PrivacyLedger.open(path, raw["epsilon_budget"], raw["delta"])
+        keep = [i for i, r in enumerate(ledger.rounds) if r["round"] <= rounds_done]
+        ledger.rounds = [ledger.rounds[i] for i in keep]
+        ledger.history = [ledger.history[i] for i in keep]
+        ledger.save()
