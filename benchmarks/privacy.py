@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import hashlib
-import json
 import shlex
 import sys
 import time
@@ -28,7 +27,6 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.core import machine  # noqa: E402
 from benchmarks.experiments_local import noise_for  # noqa: E402
 from benchmarks.privacy_lab import (  # noqa: E402
     Corpus,
@@ -39,6 +37,7 @@ from benchmarks.privacy_lab import (  # noqa: E402
     warm_start,
 )
 from benchmarks.privacy_report import write_report  # noqa: E402
+from benchmarks.rows import RowStore  # noqa: E402
 from federation.config import FederationConfig  # noqa: E402
 from federation.simulation import RoundRecord, simulate  # noqa: E402
 
@@ -151,7 +150,7 @@ def main() -> None:
     corpus = Corpus.load(args.public, args.split_seed, args.train, args.test)
     sizes = f"hospitals {[len(p) for p in corpus.hospitals]} public {len(corpus.public)} " \
             f"test {len(corpus.test)} rounds {args.rounds}"  # fmt: skip
-    command = "python benchmarks/privacy.py " + shlex.join(sys.argv[1:])
+    rows = RowStore(args.store, "python benchmarks/privacy.py " + shlex.join(sys.argv[1:]))
     for recipe in args.recipes:
         for seed in args.seeds:
             for raw in args.eps:
@@ -160,16 +159,11 @@ def main() -> None:
                     print(f"{recipe}: its no-DP run is {TWINS[recipe]}'s", flush=True)
                     continue
                 key = f"{recipe} | eps {raw} | seed {seed} | {sizes}"
-                store = json.loads(args.store.read_text()) if args.store.exists() else {}
-                if key in store.get("rows", {}):
+                if rows.has(key):
                     continue
                 print(f"running {key}", flush=True)
                 row = run_row(args, corpus, recipe, eps, seed)
-                row |= {"sizes": sizes, "command": command, "machine": machine(),
-                        "date": time.strftime("%Y-%m-%d")}  # fmt: skip
-                store = json.loads(args.store.read_text()) if args.store.exists() else {}
-                store.setdefault("rows", {})[key] = row
-                args.store.write_text(json.dumps(store, indent=2), encoding="utf-8")
+                store = rows.add(key, row | {"sizes": sizes})
                 print(f"  -> F1 {row['f1']:.4f} eps {row['eps_spent']}", flush=True)
                 if args.store == STORE:
                     write_report(store, RECIPES, TWINS, RESULT)
