@@ -6,7 +6,7 @@ writes benchmarks/results/demo.md: the time to each milestone (SuperNodes online
 last promotion, the EHR call, the end), the held-out F1 per round, and the entities the sample
 note's gRPC call found. Run from the repository root on an otherwise idle machine:
 
-    .venv/bin/python benchmarks/demo.py [--rounds N] [--state-dir DIR]
+    .venv/bin/python benchmarks/demo.py [--rounds N] [--backend B] [--state-dir DIR] [--out MD]
 """
 
 from __future__ import annotations
@@ -118,6 +118,7 @@ def render(command: str, wall: float, lines: list[str], summary: dict, phased: l
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--rounds", type=int, help="the demo's --rounds (default: its own)")
+    parser.add_argument("--backend", help="the demo's --backend (default: its own)")
     parser.add_argument("--state-dir", type=Path, help="default: a fresh temporary folder")
     parser.add_argument("--out", type=Path, default=RESULT)
     args = parser.parse_args()
@@ -126,6 +127,7 @@ def main() -> None:
         work = Path(scratch) / "demo"
         argv = ["-m", "demo", "--state-dir", str(state), "--workdir", str(work), "--keep"]
         argv += ["--rounds", str(args.rounds)] if args.rounds else []
+        argv += ["--backend", args.backend] if args.backend else []
         started, epoch = time.monotonic(), time.time()
         done = subprocess.run([sys.executable, *argv], cwd=ROOT, capture_output=True, text=True,
                               check=False)  # fmt: skip
@@ -137,6 +139,7 @@ def main() -> None:
         summary = json.loads((work / "summary.json").read_text(encoding="utf-8"))
         phased = phases(work, epoch)
     shown = ["python", *argv[:2], *(["--rounds", str(args.rounds)] if args.rounds else [])]
+    shown += ["--backend", args.backend] if args.backend else []
     args.out.write_text(render(shlex.join(shown), wall, lines, summary, phased), encoding="utf-8")
     print(f"wrote {args.out}", flush=True)
 

@@ -27,8 +27,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--state-dir", help="where caches, bases and packages live")
     parser.add_argument("--data", type=Path, default=DATA, help=f"BC5CDR folder (default {DATA})")
     parser.add_argument("--quick", action="store_true", help="a smaller run for a smoke test")
-    parser.add_argument("--rounds", type=int, help="federated rounds (default 3; --quick 1)")
-    parser.add_argument("--backend", help="serving backend of every box (default onnx-int8)")
+    parser.add_argument("--rounds", type=int, help="federated rounds (default 2; --quick 1)")
+    parser.add_argument("--backend", help="serving backend of every box (default torch-fp32)")
     parser.add_argument(
         "--workdir", type=Path, help="demo folder (default <state-dir>/demo/<time>)"
     )

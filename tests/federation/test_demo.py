@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -160,6 +161,32 @@ def test_demo_refuses_bad_flags_before_starting_anything(tmp_path: Path, capsys)
     assert main(["--data", str(tmp_path), "--state-dir", str(tmp_path)]) == 2
     assert "missing train.tsv, devel.tsv, test.tsv" in capsys.readouterr().err
     assert not (tmp_path / "demo").exists()
+
+
+ENTITY_LINE = re.compile(r"^  \[\s*\d+,\s*\d+\)  (\S+)\s+\d\.\d\d  \S")
+
+
+@pytest.mark.timeout(2700)
+def test_the_main_job_finds_the_sample_notes_diseases_and_drugs(tmp_path: Path):
+    """`python -m demo` as the README runs it: the embedded SmolLM2-135M, 3 boxes, 3 rounds, a
+    fresh state dir (the base is materialized from its GGUF). The EHR call on the sample note
+    must find its diseases as well as its drugs. Slow: ~9 minutes on 2 cores."""
+    done = subprocess.run(
+        [sys.executable, "-m", "demo", "--state-dir", str(tmp_path)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=2600,
+        check=False,
+    )
+    shown = done.stdout[-4000:] + done.stderr[-2000:]
+    assert done.returncode == 0, shown
+    lines = done.stdout.splitlines()
+    called = next(i for i, line in enumerate(lines) if "entities found by model version" in line)
+    labels = [m.group(1) for line in lines[called:] if (m := ENTITY_LINE.match(line))]
+    assert "Disease" in labels and "Chemical" in labels, shown
+    assert set(labels) <= {"Chemical", "Disease"}, shown
+    assert not (tmp_path / "demo").exists() or not any((tmp_path / "demo").iterdir()), shown
 
 
 def test_python_m_demo_runs_from_the_checkout(tmp_path: Path):
