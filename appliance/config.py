@@ -12,7 +12,7 @@ from appliance.tomlconfig import check_keys, read_toml
 ATTENTION_MODES = ("bidirectional", "causal", "bidirectional-trained")
 QUANTIZATIONS = ("none", "nf4")
 DEVICES = ("cpu", "cuda")
-OPTIMIZERS = ("adamw", "adafactor")
+OPTIMIZERS = ("adamw", "adafactor", "sgd")
 DEFAULT_LABELS = ("Chemical", "Disease")
 
 
@@ -69,8 +69,11 @@ class TrainConfig:
     optimizer: str = field(
         default="adamw",
         metadata={
-            "help": "adamw, or adafactor (factored second moments, no first moment: a trained "
-            "weight costs its gradient and little more, against two fp32 moments for adamw)"
+            "help": "adamw, adafactor (factored second moments, no first moment: a trained "
+            "weight costs its gradient and little more, against two fp32 moments for adamw) or "
+            "sgd (momentum 0.9: a step in proportion to the gradient, where AdamW's moves every "
+            "weight by about the learning rate even when DP-SGD's noise is all it sees; it needs "
+            "its own rates, e.g. 10x AdamW's)"
         },
     )
     learning_rate: float = field(default=3e-4, metadata={"help": "peak learning rate"})

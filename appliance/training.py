@@ -87,8 +87,8 @@ def epoch_batches(lengths: Sequence[int], batch_size: int, gen: torch.Generator)
 def build_optimizer(
     model: torch.nn.Module, selection: LayerSelection, cfg: TrainConfig
 ) -> torch.optim.Optimizer:
-    """AdamW or Adafactor (`cfg.optimizer`); no weight decay on norms and biases; the fresh head
-    gets its own learning rate."""
+    """AdamW, Adafactor or SGD with momentum (`cfg.optimizer`); no weight decay on norms and
+    biases; the fresh head gets its own learning rate."""
     groups: dict[str, list[torch.nn.Parameter]] = {"decay": [], "no_decay": [], "head": []}
     for name, param in model.named_parameters():
         if not param.requires_grad:
@@ -106,6 +106,8 @@ def build_optimizer(
     ]
     if cfg.optimizer == "adafactor":
         return torch.optim.Adafactor(param_groups)
+    if cfg.optimizer == "sgd":
+        return torch.optim.SGD(param_groups, lr=cfg.learning_rate, momentum=0.9)
     return torch.optim.AdamW(param_groups)
 
 

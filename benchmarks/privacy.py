@@ -62,6 +62,12 @@ RECIPES: dict[str, tuple[dict[str, Any], int, str]] = {
     "lora8-warm-lr1e-2": (_lora(16, 1e-2, 256), 3, "as lora8-warm, lr 1e-2"),
     "lora8-warm-r4": (_lora(4, 3e-3, 256), 3, "as lora8-warm, LoRA rank 4"),
     "lora8-warm-b16": (_lora(16, 2e-3, 16), 3, "as lora8-warm, batch 16, lr 2e-3"),
+    "lora8-warm-sgd": (
+        {**_lora(16, 0.5, 256), "optimizer": "sgd"},
+        3,
+        "as lora8-warm with SGD (momentum 0.9, lr 0.5): steps in proportion to the noisy "
+        "gradient, where AdamW's first steps in every round move each weight by ~lr",
+    ),
     "lora2-warm-r2": (
         {**_lora(2, 5e-3, 256), "layers": "top:2"},
         3,
@@ -81,6 +87,8 @@ RECIPES: dict[str, tuple[dict[str, Any], int, str]] = {
 }
 # Recipes whose no-DP run is another recipe's (they differ only in how DP works)
 TWINS = {"lora8-warm-perlayer": "lora8-warm"}
+# Recipes whose warm start is another recipe's (they differ only in how the private rounds train)
+WARM_LIKE = {"lora8-warm-sgd": "lora8-warm"}
 
 
 def base_config(args: argparse.Namespace, recipe: str, seed: int) -> FederationConfig:
@@ -113,7 +121,10 @@ def run_row(args: argparse.Namespace, corpus: Corpus, recipe: str, eps: float | 
             link.parent.mkdir(parents=True, exist_ok=True)
             link.symlink_to(state / "prefix-cache", target_is_directory=True)
     if arrays is None and RECIPES[recipe][1]:
-        arrays = warm_start(cfg, corpus.public, RECIPES[recipe][1], state / "warm", args.state_dir)
+        like = base_config(args, WARM_LIKE.get(recipe, recipe), seed)
+        warm_cfg = replace(cfg, **{k: getattr(like, k) for k in RECIPES[recipe][0]})
+        arrays = warm_start(warm_cfg, corpus.public, RECIPES[recipe][1], state / "warm",
+                            args.state_dir)  # fmt: skip
     started = time.perf_counter()
 
     def on_round(record: RoundRecord, global_arrays: dict[str, np.ndarray]) -> None:

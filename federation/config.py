@@ -7,6 +7,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, fields, replace
 from typing import Any
 
+from appliance.config import OPTIMIZERS
+
 MODES = ("layers", "lora", "full")
 TASKS = ("ner", "sentence")
 COMPRESSIONS = ("auto", "none", "fp16", "bf16", "int8", "topk")
@@ -15,7 +17,6 @@ LR_SCHEDULES = ("constant", "cosine")
 CLIENT_DP = ("none", "client-fixed")
 DP_CLIPPING = ("flat", "per-layer")
 FROZEN_QUANTIZATIONS = ("auto", "none", "nf4")
-OPTIMIZERS = ("adamw", "adafactor")
 LARGE_BASE_PARAMETERS = 500_000_000  # the `auto`s: a base this large trains on NF4, sends int8
 
 
@@ -71,8 +72,9 @@ class FederationConfig:
     optimizer: str = field(
         default="adamw",
         metadata={
-            "help": "adamw, or adafactor (no first moment, a factored second: at the LLaMA "
-            "3.2-1B size 3.9 GB less for top:8; it needs a larger learning-rate, e.g. 10x)"
+            "help": "adamw, adafactor (no first moment, a factored second: at the LLaMA "
+            "3.2-1B size 3.9 GB less for top:8; it needs a larger learning-rate, e.g. 10x) or "
+            "sgd (momentum 0.9, steps in proportion to the gradient; rates e.g. 10x adamw's)"
         },
     )
     rounds: int = field(default=3, metadata={"help": "federated rounds of a run"})

@@ -149,3 +149,44 @@ def test_per_layer_clipping_bounds_every_tensor_by_its_share_and_spends_the_same
     assert largest["flat"] == largest["per-layer"] > 0
     with pytest.raises(ValueError, match="dp-clipping 'layer'"):
         tiny_config(tiny_llama, dp_clipping="layer")
+
+
+class FirstHeadStep(DPSGDPolicy):
+    """Keeps the head's weight and gradient before and after the inner optimizer's first step."""
+
+    moves: list[tuple[torch.Tensor, torch.Tensor]]
+
+    def prepare(self, optimizer, windows):
+        self.moves = []
+        head = self.model.score.weight
+
+        def keep(inner, args, kwargs):
+            if len(self.moves) < 2:
+                self.moves.append((head.detach().clone(), head.grad.clone()))
+
+        assert isinstance(optimizer, torch.optim.SGD)
+        optimizer.register_step_pre_hook(keep)
+        optimizer.register_step_post_hook(keep)
+        return super().prepare(optimizer, windows)
+
+
+def test_dp_sgd_with_the_sgd_optimizer_steps_by_the_noisy_gradient(tiny_llama: Path, tmp_path):
+    """With `optimizer = "sgd"` a DP step moves the head by the learning rate times the clipped,
+    noised gradient Opacus hands it (AdamW would move every weight by ~ the rate)."""
+    from dataclasses import replace
+
+    from appliance.layers import LayerSelection
+    from appliance.training import Trainer
+    from federation.task import load_for_training
+    from tests.conftest import tiny_train_config
+
+    _, loaded = load_for_training(tiny_config(tiny_llama), tmp_path, gpu=False)
+    cfg = replace(tiny_train_config("top:2", 1, tmp_path / "act"), batch_size=20,
+                  optimizer="sgd", learning_rate=0.5, head_learning_rate=0.5)  # fmt: skip
+    trainer = Trainer(loaded, LayerSelection.parse("top:2", loaded.num_layers), cfg, progress=False)
+    policy = FirstHeadStep(loaded.model, 1.0, 0.05, 20, torch.Generator().manual_seed(5))
+    trainer.policy = policy
+    trainer.fit(corpus(tmp_path / "c", 60, seed=1), [])
+    (start, noisy), (end, _) = policy.moves
+    assert float(noisy.abs().max()) > 0
+    torch.testing.assert_close(start - end, 0.5 * noisy, rtol=1e-4, atol=1e-7)
