@@ -17,6 +17,7 @@ from pathlib import Path
 import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
+from tqdm import tqdm
 
 from appliance.collate import collate_ids
 from appliance.encoding import EncodedWindow, length_batches
@@ -53,25 +54,33 @@ def compute_states(
     windows: Sequence[EncodedWindow],
     first_layer: int,
     batch_size: int = 32,
+    progress: bool = False,
 ) -> list[torch.Tensor]:
-    """Run the frozen prefix once over every window; returns unpadded (T_i, C) states."""
+    """Run the frozen prefix once over every window; returns unpadded (T_i, C) states.
+    `progress`: a bar on stderr, in windows (a full corpus takes minutes on a CPU)."""
     states: list[torch.Tensor] = [torch.empty(0)] * len(windows)
     pad_id = int(loaded.tokenizer.pad_token_id)
+    bar = tqdm(total=len(windows), desc="prefix cache", unit="window", disable=not progress)
     for batch in length_batches([len(w) for w in windows], batch_size):
         ids, mask, _ = collate_ids([windows[i] for i in batch], pad_id)
         hidden = prefix_states(loaded.model, ids, mask, first_layer)  # (B, T, C)
         for row, i in enumerate(batch):
             states[i] = hidden[row, : len(windows[i])].clone()
+        bar.update(len(batch))
+    bar.close()
     return states
 
 
 class PrefixCache:
     """Disk-backed store of prefix states for one model and one trained-layer boundary."""
 
-    def __init__(self, loaded: LoadedModel, first_layer: int, directory: str | Path) -> None:
+    def __init__(
+        self, loaded: LoadedModel, first_layer: int, directory: str | Path, progress: bool = False
+    ) -> None:
         self.loaded = loaded
         self.first_layer = first_layer
         self.directory = Path(directory)
+        self.progress = progress  # a bar while states are computed
 
     def path_for(self, windows: Sequence[EncodedWindow]) -> Path:
         return self.directory / f"{cache_key(self.loaded, self.first_layer, windows)}.safetensors"
@@ -88,7 +97,7 @@ class PrefixCache:
                 return states, True
             except (OSError, KeyError, RuntimeError, SafetensorError) as err:
                 log.warning("activation cache %s unreadable (%s); recomputing", path.name, err)
-        states = compute_states(self.loaded, windows, self.first_layer)
+        states = compute_states(self.loaded, windows, self.first_layer, progress=self.progress)
         self._store(path, states)
         return states, False
 

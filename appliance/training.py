@@ -219,7 +219,8 @@ class Trainer:
     def prefix(self, windows: list[EncodedWindow]) -> tuple[list[torch.Tensor] | None, bool]:
         if not self.cfg.use_cache or self.first == 0:
             return None, False
-        return PrefixCache(self.loaded, self.first, self.cfg.cache_dir).states(windows)
+        cache = PrefixCache(self.loaded, self.first, self.cfg.cache_dir, self.progress)
+        return cache.states(windows)
 
     def dev_f1(
         self, notes: Sequence[Note], windows: list[EncodedWindow], states: list[torch.Tensor] | None

@@ -94,3 +94,18 @@ def test_corrupt_cache_file_is_recomputed(tiny_llama: Path, tmp_path: Path):
     assert not hit
     for a, b in zip(good, again, strict=True):
         torch.testing.assert_close(a, b)
+
+
+def test_a_cache_build_shows_its_progress_in_windows_and_a_hit_shows_none(
+    tiny_llama: Path, tmp_path: Path, capsys
+):
+    loaded, selection, windows = _setup(tiny_llama, tmp_path, "bidirectional")
+    quiet, _ = PrefixCache(loaded, selection.first, tmp_path / "q").states(windows)
+    assert "prefix cache" not in capsys.readouterr().err
+    shown, hit = PrefixCache(loaded, selection.first, tmp_path / "c", progress=True).states(windows)
+    err = capsys.readouterr().err
+    assert not hit and "prefix cache" in err and f"{len(windows)}/{len(windows)}" in err
+    again, hit = PrefixCache(loaded, selection.first, tmp_path / "c", progress=True).states(windows)
+    assert hit and "prefix cache" not in capsys.readouterr().err
+    for a, b in zip(quiet, shown, strict=True):
+        assert torch.equal(a, b)
