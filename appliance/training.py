@@ -21,7 +21,7 @@ from appliance import train_checkpoint
 from appliance.cache import PrefixCache
 from appliance.collate import collate_ids, collate_states
 from appliance.config import TrainConfig
-from appliance.decoding import assemble
+from appliance.decoding import NotePrediction, assemble
 from appliance.encoding import (
     IGNORE,
     EncodedWindow,
@@ -222,11 +222,17 @@ class Trainer:
         cache = PrefixCache(self.loaded, self.first, self.cfg.cache_dir, self.progress)
         return cache.states(windows)
 
+    def predict(
+        self, notes: Sequence[Note], windows: list[EncodedWindow], states: list[torch.Tensor] | None
+    ) -> list[NotePrediction]:
+        """The model's entities for `notes` from their `windows` (and prefix `states`, if any)."""
+        log_probs = window_log_probs(self.loaded, windows, states, self.first if states else 0)
+        return assemble(len(notes), windows, log_probs, self.loaded.labels)
+
     def dev_f1(
         self, notes: Sequence[Note], windows: list[EncodedWindow], states: list[torch.Tensor] | None
     ) -> float:
-        log_probs = window_log_probs(self.loaded, windows, states, self.first if states else 0)
-        predictions = assemble(len(notes), windows, log_probs, self.loaded.labels)
+        predictions = self.predict(notes, windows, states)
         return float(evaluate_predictions(notes, predictions)["entity_strict"]["overall"]["f1"])
 
     def fit(self, train_notes: Sequence[Note], dev_notes: Sequence[Note]) -> TrainResult:

@@ -31,14 +31,13 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from appliance.config import ApplianceConfig, TrainConfig  # noqa: E402
-from appliance.decoding import assemble  # noqa: E402
 from appliance.evaluation import evaluate_predictions  # noqa: E402
-from appliance.inference import window_log_probs  # noqa: E402
 from appliance.layers import LayerSelection  # noqa: E402
 from appliance.notes import Note  # noqa: E402
 from appliance.readers import read_notes  # noqa: E402
 from appliance.training import Trainer  # noqa: E402
 from benchmarks.accuracy_report import write_report  # noqa: E402
+from benchmarks.privacy_lab import summary  # noqa: E402
 from benchmarks.rows import RowStore  # noqa: E402
 from federation.config import FederationConfig  # noqa: E402
 from federation.task import load_for_training, seeded_start  # noqa: E402
@@ -98,17 +97,12 @@ def score(trainer: Trainer, notes: list[Note]) -> dict[str, Any]:
     """Strict entity F1 (overall, per type) and character-span F1 of the trained model."""
     windows = trainer.encode(notes)
     states, _ = trainer.prefix(windows)
-    first = trainer.first if states else 0
-    log_probs = window_log_probs(trainer.loaded, windows, states, first, batch_size=64)
-    predictions = assemble(len(notes), windows, log_probs, trainer.loaded.labels)
-    metrics = evaluate_predictions(notes, predictions)
-    strict, span = metrics["entity_strict"], metrics["span_exact"]
+    metrics = evaluate_predictions(notes, trainer.predict(notes, windows, states))
+    overall = metrics["entity_strict"]["overall"]
     return {
-        "f1": float(strict["overall"]["f1"]),
-        "precision": float(strict["overall"]["precision"]),
-        "recall": float(strict["overall"]["recall"]),
-        "per_type": {k: float(v["f1"]) for k, v in strict.items() if k != "overall"},
-        "span_f1": float(span["overall"]["f1"]),
+        **summary(metrics),
+        "precision": float(overall["precision"]),
+        "recall": float(overall["recall"]),
     }
 
 

@@ -35,7 +35,7 @@ from appliance.config import ApplianceConfig  # noqa: E402
 from appliance.notes import Note  # noqa: E402
 from appliance.readers import read_notes  # noqa: E402
 from benchmarks.accuracy import RECIPES  # noqa: E402
-from benchmarks.privacy_lab import RoundCheckpoint, Scorer  # noqa: E402
+from benchmarks.privacy_lab import RoundCheckpoint, Scorer, share_prefix_cache  # noqa: E402
 from benchmarks.rows import RowStore  # noqa: E402
 from federation.config import FederationConfig  # noqa: E402
 from federation.partition import partition  # noqa: E402
@@ -53,26 +53,18 @@ def _run_dir(args: argparse.Namespace, *parts: Any) -> Path:
     return args.state_dir / "accuracy" / "federated" / hashlib.sha256(key.encode()).hexdigest()[:12]
 
 
-def share_cache(args: argparse.Namespace, node_dirs: list[Path]) -> None:
-    """Every node's frozen-prefix cache is one folder shared by every row (same base, same
-    frozen layers: the same states)."""
-    shared = args.state_dir / "accuracy" / "prefix-cache"
-    shared.mkdir(parents=True, exist_ok=True)
-    for node_dir in node_dirs:
-        link = node_dir / "activations"
-        if not link.exists():
-            link.parent.mkdir(parents=True, exist_ok=True)
-            link.symlink_to(shared, target_is_directory=True)
+def _prefix_cache(args: argparse.Namespace) -> Path:
+    return args.state_dir / "accuracy" / "prefix-cache"  # shared by every row's nodes
 
 
 def federated(args: argparse.Namespace, cfg: FederationConfig, parts: list[list[Note]],
               test: list[Note]) -> dict[str, Any]:  # fmt: skip
     """`cfg.rounds` rounds over `parts`, resumed from its round checkpoint."""
     run_dir = _run_dir(args, "federated", args.recipe, len(parts), cfg.seed)
-    scorer = Scorer(args.state_dir / "accuracy" / "prefix-cache")
+    scorer = Scorer(_prefix_cache(args))
     checkpoint = RoundCheckpoint(run_dir / "checkpoint")
     done, arrays, meta = checkpoint.load()
-    share_cache(args, [run_dir / f"hospital-{i}" for i in range(len(parts))])
+    share_prefix_cache(_prefix_cache(args), [run_dir / f"hospital-{i}" for i in range(len(parts))])
     started = time.perf_counter()
 
     def on_round(record: RoundRecord, global_arrays: dict[str, np.ndarray]) -> None:
@@ -101,11 +93,11 @@ def centralized(args: argparse.Namespace, cfg: FederationConfig, train: list[Not
     central = replace(cfg, local_epochs=epochs, rounds=1)
     run_dir = _run_dir(args, "centralized", args.recipe, cfg.seed)
     started = time.perf_counter()
-    share_cache(args, [run_dir / "site"])
+    share_prefix_cache(_prefix_cache(args), [run_dir / "site"])
     node = HospitalNode.load(central, train, run_dir / "site", "site", bases_dir=args.state_dir)
     node.trainer.checkpoint = run_dir / "train.ckpt"
     update = node.train_round(node.initial_arrays(), 1)
-    scorer = Scorer(args.state_dir / "accuracy" / "prefix-cache")
+    scorer = Scorer(_prefix_cache(args))
     scorer(node, update.payload, test)
     node.trainer.checkpoint.unlink(missing_ok=True)
     return {**scorer.last, "epochs": epochs, "seconds": round(time.perf_counter() - started, 1)}

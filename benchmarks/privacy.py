@@ -33,6 +33,7 @@ from benchmarks.privacy_lab import (  # noqa: E402
     RoundCheckpoint,
     Scorer,
     add_corpus_args,
+    share_prefix_cache,
     trim_ledgers,
     warm_start,
 )
@@ -115,11 +116,8 @@ def run_row(args: argparse.Namespace, corpus: Corpus, recipe: str, eps: float | 
     if done >= cfg.rounds:
         raise SystemExit(f"{checkpoint.directory}: holds every round but no row; remove it")
     trim_ledgers(run_dir, done)
-    for index in range(len(corpus.hospitals)):  # one prefix cache for every row
-        link = run_dir / f"hospital-{index}" / "activations"
-        if not link.exists():
-            link.parent.mkdir(parents=True, exist_ok=True)
-            link.symlink_to(state / "prefix-cache", target_is_directory=True)
+    hospitals = range(len(corpus.hospitals))
+    share_prefix_cache(state / "prefix-cache", [run_dir / f"hospital-{i}" for i in hospitals])
     if arrays is None and RECIPES[recipe][1]:
         like = base_config(args, WARM_LIKE.get(recipe, recipe), seed)
         warm_cfg = replace(cfg, **{k: getattr(like, k) for k in RECIPES[recipe][0]})

@@ -22,6 +22,7 @@ import numpy as np
 import torch
 
 from appliance.cache import PrefixCache
+from appliance.config import ApplianceConfig
 from appliance.decoding import assemble
 from appliance.encoding import EncodedWindow
 from appliance.evaluation import evaluate_predictions, word_tags
@@ -80,7 +81,28 @@ def add_corpus_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--split-seed", type=int, default=8)
     parser.add_argument("--train", type=int, default=0, help="first N training sentences (0 all)")
     parser.add_argument("--test", type=int, default=0, help="first N test sentences (0 all)")
-    parser.add_argument("--state-dir", type=Path, default=Path.home() / ".cache" / "appliance")
+    parser.add_argument("--state-dir", type=Path, default=Path(ApplianceConfig().state_dir))
+
+
+def share_prefix_cache(shared: Path, node_dirs: Sequence[Path]) -> None:
+    """Point every node's frozen-prefix cache (`<node dir>/activations`) at one folder shared by
+    every row: the same base and frozen layers give the same states."""
+    shared.mkdir(parents=True, exist_ok=True)
+    for node_dir in node_dirs:
+        link = node_dir / "activations"
+        if not link.exists():
+            link.parent.mkdir(parents=True, exist_ok=True)
+            link.symlink_to(shared, target_is_directory=True)
+
+
+def summary(metrics: Mapping[str, Any]) -> dict[str, Any]:
+    """Strict entity F1 overall and per type, and character-span F1, of `evaluate_predictions`."""
+    strict, span = metrics["entity_strict"], metrics["span_exact"]
+    return {
+        "f1": float(strict["overall"]["f1"]),
+        "span_f1": float(span["overall"]["f1"]),
+        "per_type": {k: float(v["f1"]) for k, v in strict.items() if k != "overall"},
+    }
 
 
 @dataclass
@@ -150,13 +172,7 @@ class Scorer:
         """Strict entity F1 (`federation.simulation`'s scorer); the full metrics in `last`."""
         windows, log_probs = self._log_probs(node, arrays, notes)
         predictions = assemble(len(notes), windows, log_probs, node.loaded.labels)
-        metrics = evaluate_predictions(notes, predictions)
-        strict, span = metrics["entity_strict"], metrics["span_exact"]
-        self.last = {
-            "f1": float(strict["overall"]["f1"]),
-            "span_f1": float(span["overall"]["f1"]),
-            "per_type": {k: float(v["f1"]) for k, v in strict.items() if k != "overall"},
-        }
+        self.last = summary(evaluate_predictions(notes, predictions))
         self.scores.append(self.last)
         return self.last["f1"]
 
