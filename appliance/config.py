@@ -13,6 +13,7 @@ ATTENTION_MODES = ("bidirectional", "causal", "bidirectional-trained")
 QUANTIZATIONS = ("none", "nf4")
 DEVICES = ("cpu", "cuda")
 OPTIMIZERS = ("adamw", "adafactor", "sgd")
+SCHEDULES = ("linear", "cosine", "constant")
 DEFAULT_LABELS = ("Chemical", "Disease")
 
 
@@ -80,6 +81,27 @@ class TrainConfig:
     head_learning_rate: float = field(default=1e-3, metadata={"help": "learning rate of the head"})
     weight_decay: float = field(default=0.01, metadata={"help": "weight decay of the weights"})
     warmup_ratio: float = field(default=0.06, metadata={"help": "share of steps warming up"})
+    schedule: str = field(
+        default="linear",
+        metadata={
+            "help": "learning rate after the warm-up: linear or cosine decay to zero at the "
+            "last step of `epochs`, or constant"
+        },
+    )
+    layer_decay: float = field(
+        default=1.0,
+        metadata={
+            "help": "layer-wise learning-rate decay: each trained layer's rate is this factor "
+            "times the rate of the trained layer above it (1: one rate for all)"
+        },
+    )
+    label_smoothing: float = field(
+        default=0.0, metadata={"help": "label smoothing of the token loss, in [0, 1)"}
+    )
+    o_weight: float = field(
+        default=1.0,
+        metadata={"help": "loss weight of the O tag against 1 for the entity tags (1: plain mean)"},
+    )
     max_grad_norm: float = field(default=1.0, metadata={"help": "gradient clipping norm"})
     patience: int = field(default=2, metadata={"help": "epochs without dev F1 gain before stop"})
     seed: int = field(default=13, metadata={"help": "seed for shuffling and the head init"})
@@ -112,6 +134,14 @@ class TrainConfig:
             raise ValueError(f"patience must be >= 1, got {self.patience}")
         if self.optimizer not in OPTIMIZERS:
             raise ValueError(f"optimizer must be one of {OPTIMIZERS}, got {self.optimizer!r}")
+        if self.schedule not in SCHEDULES:
+            raise ValueError(f"schedule must be one of {SCHEDULES}, got {self.schedule!r}")
+        if not 0 < self.layer_decay <= 1:
+            raise ValueError(f"layer_decay must be in (0, 1], got {self.layer_decay}")
+        if not 0 <= self.label_smoothing < 1:
+            raise ValueError(f"label_smoothing must be in [0, 1), got {self.label_smoothing}")
+        if not self.o_weight > 0:
+            raise ValueError(f"o_weight must be > 0, got {self.o_weight}")
 
 
 @dataclass

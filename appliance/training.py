@@ -1,5 +1,5 @@
-"""Train the selected layers + head: AdamW or Adafactor, warmup + linear decay, clipping, early
-stopping."""
+"""Train the selected layers + head (optimizer, schedule and loss: `appliance.objective`),
+with clipping, early stopping and per-epoch checkpoints."""
 
 from __future__ import annotations
 
@@ -15,11 +15,9 @@ from typing import Any, Protocol
 import numpy as np
 import torch
 from tqdm import tqdm
-from transformers import get_linear_schedule_with_warmup
 
 from appliance import train_checkpoint
 from appliance.cache import PrefixCache
-from appliance.collate import collate_ids, collate_states
 from appliance.config import TrainConfig
 from appliance.decoding import NotePrediction, assemble
 from appliance.encoding import (
@@ -28,11 +26,11 @@ from appliance.encoding import (
     encode_notes,
 )
 from appliance.evaluation import evaluate_predictions
-from appliance.forward import full_logits, logits_from
 from appliance.inference import window_log_probs
 from appliance.layers import LayerSelection
 from appliance.model import LoadedModel
 from appliance.notes import Note
+from appliance.objective import batch_loss, build_optimizer, build_scheduler
 
 log = logging.getLogger(__name__)
 
@@ -82,50 +80,6 @@ def epoch_batches(lengths: Sequence[int], batch_size: int, gen: torch.Generator)
         chunk = sorted(order[start : start + pool], key=lambda i: lengths[i])
         batches += [chunk[i : i + batch_size] for i in range(0, len(chunk), batch_size)]
     return [batches[i] for i in torch.randperm(len(batches), generator=gen).tolist()]
-
-
-def build_optimizer(
-    model: torch.nn.Module, selection: LayerSelection, cfg: TrainConfig
-) -> torch.optim.Optimizer:
-    """AdamW, Adafactor or SGD with momentum (`cfg.optimizer`); no weight decay on norms and
-    biases; the fresh head gets its own learning rate."""
-    groups: dict[str, list[torch.nn.Parameter]] = {"decay": [], "no_decay": [], "head": []}
-    for name, param in model.named_parameters():
-        if not param.requires_grad:
-            continue
-        if name.startswith("score."):
-            groups["head"].append(param)
-        elif param.ndim < 2:
-            groups["no_decay"].append(param)
-        else:
-            groups["decay"].append(param)
-    param_groups = [
-        {"params": groups["decay"], "lr": cfg.learning_rate, "weight_decay": cfg.weight_decay},
-        {"params": groups["no_decay"], "lr": cfg.learning_rate, "weight_decay": 0.0},
-        {"params": groups["head"], "lr": cfg.head_learning_rate, "weight_decay": 0.0},
-    ]
-    if cfg.optimizer == "adafactor":
-        return torch.optim.Adafactor(param_groups)
-    if cfg.optimizer == "sgd":
-        return torch.optim.SGD(param_groups, lr=cfg.learning_rate, momentum=0.9)
-    return torch.optim.AdamW(param_groups)
-
-
-def batch_loss(
-    loaded: LoadedModel,
-    windows: Sequence[EncodedWindow],
-    states: Sequence[torch.Tensor] | None,
-    first_layer: int,
-) -> torch.Tensor:
-    """Mean token cross-entropy of one batch, from cached prefix states when given."""
-    ids, mask, labels = collate_ids(windows, int(loaded.tokenizer.pad_token_id))
-    if states is not None:
-        logits = logits_from(loaded.model, collate_states(states), mask, first_layer)
-    else:
-        logits = full_logits(loaded.model, ids, mask)
-    return torch.nn.functional.cross_entropy(
-        logits.flatten(0, 1).float(), labels.flatten(), ignore_index=IGNORE
-    )
 
 
 Encoder = Callable[[Sequence[Note]], list[EncodedWindow]]  # notes -> labelled windows
@@ -254,9 +208,7 @@ class Trainer:
         if self.policy is not None:
             optimizer = self.policy.prepare(optimizer, len(train))
         steps = self.cfg.epochs * -(-len(train) // self.cfg.batch_size)
-        scheduler = get_linear_schedule_with_warmup(
-            optimizer, int(self.cfg.warmup_ratio * steps), steps
-        )
+        scheduler = build_scheduler(optimizer, self.cfg, steps)
         best_state: dict[str, torch.Tensor] = {}
         stale, first = 0, 1
         mark = train_checkpoint.fingerprint(self.cfg, len(train))
@@ -371,6 +323,7 @@ class Trainer:
                 [train[i] for i in chunk],
                 [states[i] for i in chunk] if states else None,
                 self.first if states else 0,
+                self.cfg,
             )
             last = index == len(chunks) - 1
             extra = self.extra_loss() if self.extra_loss is not None and last else 0.0

@@ -67,11 +67,26 @@ RECIPES: dict[str, tuple[dict[str, Any], str]] = {
         {**_layers("top:8"), "attention": "causal"},
         "as top8 with the pre-training (causal) attention mask",
     ),
+    "top8-cosine": (_layers("top:8"), "as top8 with cosine decay after the warm-up"),
+    "top8-smooth": (_layers("top:8"), "as top8 with label smoothing 0.1"),
+    "top8-layer-decay": (_layers("top:8"), "as top8, each layer's rate 0.8x the one above it"),
+    "top8-o-half": (_layers("top:8"), "as top8 with the O tag's loss weighted 0.5"),
+    "top8-lr1e-3": (_layers("top:8", 1e-3), "as top8 at lr 1e-3"),
+}
+# recipe -> TrainConfig fields of the objective (appliance.objective) that differ from its default
+OBJECTIVE: dict[str, dict[str, Any]] = {
+    "top8-cosine": {"schedule": "cosine"},
+    "top8-smooth": {"label_smoothing": 0.1},
+    "top8-layer-decay": {"layer_decay": 0.8},
+    "top8-o-half": {"o_weight": 0.5},
 }
 
 
-def train_config(cfg: FederationConfig, args: argparse.Namespace, seed: int) -> TrainConfig:
+def train_config(
+    cfg: FederationConfig, args: argparse.Namespace, seed: int, recipe: str
+) -> TrainConfig:
     return TrainConfig(
+        **OBJECTIVE.get(recipe, {}),
         layers=cfg.spec,
         labels=cfg.labels,
         epochs=args.epochs,
@@ -115,7 +130,7 @@ def run_row(args: argparse.Namespace, recipe: str, size: int, seed: int) -> dict
     train = subset(splits["train"], size, seed)
     started = time.perf_counter()
     cfg, loaded = load_for_training(cfg, args.state_dir, gpu=False)
-    tcfg = train_config(cfg, args, seed)
+    tcfg = train_config(cfg, args, seed, recipe)
     selection = LayerSelection.parse(cfg.spec, loaded.num_layers)
     trainer = Trainer(loaded, selection, tcfg, progress=True, fresh_head=False)
     names = seeded_start(trainer, cfg)

@@ -27,8 +27,9 @@ from appliance.evaluation import evaluate_predictions  # noqa: E402
 from appliance.inference import Annotator  # noqa: E402
 from appliance.layers import LayerSelection  # noqa: E402
 from appliance.model import load_model  # noqa: E402
+from appliance.objective import build_optimizer  # noqa: E402
 from appliance.readers import read_notes  # noqa: E402
-from appliance.training import Trainer, build_optimizer, seed_everything  # noqa: E402
+from appliance.training import Trainer, seed_everything  # noqa: E402
 
 DATA = ROOT / "data" / "bc5cdr"
 RESULT = ROOT / "benchmarks" / "results" / "core.md"

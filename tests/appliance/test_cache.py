@@ -12,8 +12,8 @@ from appliance.config import ModelConfig
 from appliance.encoding import encode_notes
 from appliance.layers import LayerSelection
 from appliance.model import load_model
+from appliance.objective import batch_loss
 from appliance.readers import read_notes
-from appliance.training import batch_loss
 
 DATA = Path(__file__).resolve().parents[2] / "data" / "bc5cdr"
 

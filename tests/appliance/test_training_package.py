@@ -14,9 +14,10 @@ from appliance.evaluation import evaluate_predictions
 from appliance.inference import Annotator
 from appliance.layers import LayerSelection
 from appliance.model import load_model
+from appliance.objective import build_optimizer
 from appliance.package import PackageError, load_packaged_model, read_package, save_package
 from appliance.readers import read_jsonl
-from appliance.training import Trainer, build_optimizer
+from appliance.training import Trainer
 from tests.appliance.corpus import write_jsonl
 from tests.conftest import tiny_train_config
 
