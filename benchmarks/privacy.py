@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import shlex
+import statistics
 import sys
 import time
 from dataclasses import asdict, replace
@@ -151,6 +152,12 @@ def run_row(args: argparse.Namespace, corpus: Corpus, recipe: str, eps: float | 
         "hospitals": [len(p) for p in corpus.hospitals],
         "declined": sum(len(r["declined"]) for r in records),
         "losses": [r["losses"] for r in records],
+        "clipped_share": [
+            round(statistics.mean(r["dp_clipped_share"].values()), 4)
+            if r.get("dp_clipped_share")
+            else None
+            for r in records
+        ],
         "seconds": round(meta["seconds"] + time.perf_counter() - started, 1),
     }
 

@@ -229,7 +229,15 @@ class HospitalClient(NumPyClient):
             )
 
 
-_JOURNALED = ("loss", "bytes_sent", "bytes_received", "eps_spent", "eps_remaining")
+_JOURNALED = (
+    "loss",
+    "bytes_sent",
+    "bytes_received",
+    "eps_spent",
+    "eps_remaining",
+    "dp_clipped_share",
+    "dp_median_grad_norm",
+)
 
 
 def _eps(metrics: dict[str, Any]) -> dict[str, Any]:

@@ -110,7 +110,9 @@ class DPSGDPolicy:
     DPPerLayerOptimizer with `clipping = "per-layer"` (each tensor clipped to its share of the
     norm, so a tensor with large gradients cannot crowd out the others' signal). A Poisson
     batch larger than the trainer's micro-batch is computed in parts whose clipped per-sample
-    gradients are summed (Opacus' skipped steps) before the one noisy step.
+    gradients are summed (Opacus' skipped steps) before the one noisy step. Every per-sample
+    gradient's norm before clipping is kept for the round (`clipping_stats`): the share that was
+    clipped is what `dp_max_grad_norm` is tuned by.
     """
 
     def __init__(
@@ -127,6 +129,7 @@ class DPSGDPolicy:
         self.batch_size, self.gen = batch_size, gen
         self.steps_taken = 0
         self.sample_rate = 0.0
+        self.norms: list[float] = []
         self._wrapper: GradSampleModule | None = None
 
     @staticmethod
@@ -137,9 +140,10 @@ class DPSGDPolicy:
     def prepare(self, optimizer: torch.optim.Optimizer, windows: int) -> torch.optim.Optimizer:
         self.sample_rate = min(1.0, self.batch_size / windows)
         self._wrapper = GradSampleModule(self.model, batch_first=True, loss_reduction="mean")
+        dp: DPOptimizer
         if self.clipping == "per-layer":  # the same total norm, split evenly over the tensors
             count = sum(p.requires_grad for g in optimizer.param_groups for p in g["params"])
-            return DPPerLayerOptimizer(
+            dp = DPPerLayerOptimizer(
                 optimizer,
                 noise_multiplier=self.noise,
                 max_grad_norm=[self.max_grad_norm / math.sqrt(count)] * count,
@@ -147,14 +151,39 @@ class DPSGDPolicy:
                 loss_reduction="mean",
                 generator=None,
             )
-        return DPOptimizer(
-            optimizer,
-            noise_multiplier=self.noise,
-            max_grad_norm=self.max_grad_norm,
-            expected_batch_size=self.batch_size,
-            loss_reduction="mean",
-            generator=None,
-        )
+        else:
+            dp = DPOptimizer(
+                optimizer,
+                noise_multiplier=self.noise,
+                max_grad_norm=self.max_grad_norm,
+                expected_batch_size=self.batch_size,
+                loss_reduction="mean",
+                generator=None,
+            )
+        dp.attach_step_hook(lambda _: self._observe())  # a batch's last micro-batch
+        return dp
+
+    def _observe(self) -> None:
+        """Keep the norms of the per-sample gradients about to be (or just) clipped."""
+        squared: torch.Tensor | None = None
+        for param in self.model.parameters():
+            sample = getattr(param, "grad_sample", None)
+            if param.requires_grad and isinstance(sample, torch.Tensor):
+                part = sample.flatten(1).float().pow(2).sum(1)
+                squared = part if squared is None else squared + part
+        if squared is not None:
+            self.norms.extend(squared.sqrt().tolist())
+
+    def clipping_stats(self) -> dict[str, float]:
+        """The round's per-sample gradient norms before clipping: the share above
+        `max_grad_norm` (clipped) and the median; empty before any step."""
+        if not self.norms:
+            return {}
+        norms = torch.tensor(self.norms)
+        return {
+            "dp_clipped_share": round(float((norms > self.max_grad_norm).float().mean()), 4),
+            "dp_median_grad_norm": round(float(norms.median()), 4),
+        }
 
     def batches(
         self, lengths: Sequence[int], batch_size: int, gen: torch.Generator
@@ -172,6 +201,7 @@ class DPSGDPolicy:
         the batch's last `optimizer.step` adds the noise once and takes the step."""
         if not isinstance(optimizer, DPOptimizer):
             raise TypeError("DP-SGD micro-batches need the DPOptimizer `prepare` returned")
+        self._observe()
         optimizer.signal_skip_step(do_skip=True)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)

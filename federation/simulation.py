@@ -36,6 +36,7 @@ class RoundRecord:
     rejected: dict[str, list[str]] = field(default_factory=dict)
     declined: dict[str, str] = field(default_factory=dict)
     eps_spent: dict[str, float] = field(default_factory=dict)
+    dp_clipped_share: dict[str, float] = field(default_factory=dict)
 
 
 @dataclass
@@ -108,6 +109,11 @@ def simulate(
                 n: float(u.metrics["eps_spent"])
                 for n, u in updates.items()
                 if "eps_spent" in u.metrics
+            },
+            {
+                n: float(u.metrics["dp_clipped_share"])
+                for n, u in updates.items()
+                if "dp_clipped_share" in u.metrics
             },
         )
         log.info("round %d: test F1 %.4f", server_round, record.test_f1)

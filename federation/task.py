@@ -108,6 +108,7 @@ class HospitalNode:
             state_dir / LEDGER_FILE, cfg.dp_epsilon_budget, cfg.dp_delta
         )
         self.residual = self._load_residual()
+        self.dp_policy: DPSGDPolicy | None = None  # the last round's, for its clipping stats
 
     @classmethod
     def load(
@@ -185,7 +186,9 @@ class HospitalNode:
         )
         if self.cfg.compression == "topk":
             self._save_residual()
+        clipping = self.dp_policy.clipping_stats() if self.dp_policy else {}
         metrics: dict[str, float | int | str] = {
+            **clipping,
             "loss": loss,
             "train_seconds": round(time.perf_counter() - started, 3),
             "bytes_sent": wire_bytes(payload),
@@ -206,10 +209,10 @@ class HospitalNode:
         trainer.extra_loss = None
         if self.cfg.strategy == "fedprox" and mu > 0:
             trainer.extra_loss = self._proximal_term(reference, mu)
-        trainer.policy = None
+        trainer.policy = self.dp_policy = None
         if self.cfg.dp:
             gen = torch.Generator().manual_seed(self.cfg.seed * 7919 + server_round)
-            trainer.policy = DPSGDPolicy(
+            trainer.policy = self.dp_policy = DPSGDPolicy(
                 self.loaded.model,
                 self.cfg.dp_noise_multiplier,
                 self.cfg.dp_max_grad_norm,
