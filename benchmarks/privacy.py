@@ -28,6 +28,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from appliance.writers import write_conll  # noqa: E402
 from benchmarks.experiments_local import noise_for  # noqa: E402
 from benchmarks.privacy_lab import (  # noqa: E402
     Corpus,
@@ -81,6 +82,13 @@ RECIPES: dict[str, tuple[dict[str, Any], int, str]] = {
         3,
         "as lora8-warm, DP clipping per tensor (its no-DP twin is lora8-warm's)",
     ),
+    "lora8-warm-sub64": (
+        _lora(16, 3e-3, 256),
+        3,
+        "as lora8-warm, each DP step projected onto the top 64 directions of the public notes' "
+        "gradients at the round's model (federation.subspace; its warm start and no-DP twin are "
+        "lora8-warm's)",
+    ),
     "layers8-warm": (
         {"mode": "layers", "learning_rate": 1e-3, "head_learning_rate": 3e-3, "batch_size": 256},
         3,
@@ -88,9 +96,11 @@ RECIPES: dict[str, tuple[dict[str, Any], int, str]] = {
     ),
 }
 # Recipes whose no-DP run is another recipe's (they differ only in how DP works)
-TWINS = {"lora8-warm-perlayer": "lora8-warm"}
+TWINS = {"lora8-warm-perlayer": "lora8-warm", "lora8-warm-sub64": "lora8-warm"}
 # Recipes whose warm start is another recipe's (they differ only in how the private rounds train)
-WARM_LIKE = {"lora8-warm-sgd": "lora8-warm"}
+WARM_LIKE = {"lora8-warm-sgd": "lora8-warm", "lora8-warm-sub64": "lora8-warm"}
+# Recipes whose DP steps are projected onto the top N directions of the public notes' gradients
+SUBSPACE = {"lora8-warm-sub64": 64}
 
 
 def base_config(args: argparse.Namespace, recipe: str, seed: int) -> FederationConfig:
@@ -110,6 +120,9 @@ def run_row(args: argparse.Namespace, corpus: Corpus, recipe: str, eps: float | 
         smallest = min(len(p) for p in corpus.hospitals)
         noise = noise_for(eps, DELTA, smallest, cfg)
         cfg = replace(cfg, dp=True, dp_noise_multiplier=noise, dp_epsilon_budget=eps + 1e-6)
+        if recipe in SUBSPACE:  # the public notes are the warm start's
+            public = write_conll(corpus.public, state / f"public-{corpus.tag}.tsv")
+            cfg = replace(cfg, dp_subspace=SUBSPACE[recipe], dp_public_notes=str(public))
     key = f"{recipe} {eps} {seed} {corpus.tag} {args.rounds}"
     run_dir = state / "runs" / hashlib.sha256(key.encode()).hexdigest()[:12]
     checkpoint = RoundCheckpoint(run_dir / "checkpoint")

@@ -164,6 +164,21 @@ class FederationConfig:
             "clipped to dp-max-grad-norm / sqrt(tensors): the same total norm, and noise)"
         },
     )
+    dp_subspace: int = field(
+        default=0,
+        metadata={
+            "help": "DP-SGD: project each noisy gradient onto the top N directions of the "
+            "gradients of dp-public-notes at the round's model (no extra epsilon: the noise "
+            "outside them is dropped); 0: off"
+        },
+    )
+    dp_public_notes: str = field(
+        default="",
+        metadata={
+            "help": "dp-subspace: a public annotated notes file (conll, jsonl, ...) on every "
+            "hospital's box, e.g. the warm start's notes"
+        },
+    )
     dp_epsilon_budget: float = field(
         default=8.0,
         metadata={
@@ -248,6 +263,7 @@ class FederationConfig:
             raise ValueError(f"topk-fraction {self.topk_fraction}: must be in (0, 1]")
         if not 0 < self.dp_delta < 1:
             raise ValueError(f"dp-delta {self.dp_delta}: must be in (0, 1)")
+        _check_subspace(self)
         if self.dp and self.strategy == "fedprox":
             raise ValueError(
                 "dp with strategy fedprox: Opacus clips per-sample gradients of the "
@@ -314,6 +330,15 @@ def _positive(cfg: FederationConfig, *names: str) -> None:
     for name in names:
         if getattr(cfg, name) <= 0:
             raise ValueError(f"{name.replace('_', '-')} must be > 0, got {getattr(cfg, name)}")
+
+
+def _check_subspace(cfg: FederationConfig) -> None:
+    if cfg.dp_subspace < 0:
+        raise ValueError(f"dp-subspace {cfg.dp_subspace}: must be >= 0 (0: off)")
+    if cfg.dp_subspace and not cfg.dp:
+        raise ValueError("dp-subspace without dp: the projection is a step of DP-SGD")
+    if cfg.dp_subspace and not cfg.dp_public_notes:
+        raise ValueError("dp-subspace needs dp-public-notes, the notes its directions come from")
 
 
 def from_run_config(run_config: Mapping[str, Any]) -> FederationConfig:

@@ -14,12 +14,15 @@ import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from opacus import GradSampleModule
 from opacus.accountants import RDPAccountant
 from opacus.optimizers import DPOptimizer, DPPerLayerOptimizer
+
+if TYPE_CHECKING:
+    from federation.subspace import Subspace
 
 Step = tuple[float, float, int]  # (noise multiplier, sample rate, steps): Opacus' history entry
 
@@ -110,7 +113,8 @@ class DPSGDPolicy:
     DPPerLayerOptimizer with `clipping = "per-layer"` (each tensor clipped to its share of the
     norm, so a tensor with large gradients cannot crowd out the others' signal). A Poisson
     batch larger than the trainer's micro-batch is computed in parts whose clipped per-sample
-    gradients are summed (Opacus' skipped steps) before the one noisy step. Every per-sample
+    gradients are summed (Opacus' skipped steps) before the one noisy step; with a `subspace`
+    (federation.subspace) the noisy gradient is projected onto it before the step. Every per-sample
     gradient's norm before clipping is kept for the round (`clipping_stats`): the share that was
     clipped is what `dp_max_grad_norm` is tuned by.
     """
@@ -123,9 +127,10 @@ class DPSGDPolicy:
         batch_size: int,
         gen: torch.Generator,
         clipping: str = "flat",
+        subspace: Subspace | None = None,
     ) -> None:
         self.model, self.noise, self.max_grad_norm = model, noise, max_grad_norm
-        self.clipping = clipping
+        self.clipping, self.subspace = clipping, subspace
         self.batch_size, self.gen = batch_size, gen
         self.steps_taken = 0
         self.sample_rate = 0.0
@@ -160,8 +165,15 @@ class DPSGDPolicy:
                 loss_reduction="mean",
                 generator=None,
             )
-        dp.attach_step_hook(lambda _: self._observe())  # a batch's last micro-batch
+        dp.attach_step_hook(self._after_noise)
         return dp
+
+    def _after_noise(self, _: DPOptimizer) -> None:
+        """A batch's last micro-batch is clipped and the noise added: keep the norms, and project
+        the noisy gradient onto the public subspace when there is one (post-processing)."""
+        self._observe()
+        if self.subspace is not None:
+            self.subspace.project()
 
     def _observe(self) -> None:
         """Keep the norms of the per-sample gradients about to be (or just) clipped."""

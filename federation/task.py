@@ -28,6 +28,7 @@ from appliance.layers import LayerSelection
 from appliance.model import LoadedModel, base_parameters, load_model, resolve_source
 from appliance.notes import Note
 from appliance.package import save_package
+from appliance.readers import read_notes
 from appliance.sentence_task import as_sentence_classifier, encode_sentences, score_sentences
 from appliance.training import Trainer, seed_everything
 from federation import modes
@@ -35,6 +36,7 @@ from federation.compression import encode_update, wire_bytes
 from federation.config import FederationConfig
 from federation.daemon_config import LEDGER_FILE
 from federation.privacy import DPSGDPolicy, PrivacyLedger
+from federation.subspace import Subspace, public_subspace
 
 log = logging.getLogger(__name__)
 Arrays = dict[str, np.ndarray]
@@ -109,6 +111,7 @@ class HospitalNode:
         )
         self.residual = self._load_residual()
         self.dp_policy: DPSGDPolicy | None = None  # the last round's, for its clipping stats
+        self._public: list[Note] | None = None  # dp-public-notes, read on first use
 
     @classmethod
     def load(
@@ -219,9 +222,20 @@ class HospitalNode:
                 self.cfg.batch_size,
                 gen,
                 self.cfg.dp_clipping,
+                self._subspace(trainer),
             )
         result = trainer.fit(self.round_notes(server_round), [])
+        if self.dp_policy is not None:
+            self.dp_policy.subspace = None  # its basis is the round's: free it
         return float(result.history[-1].loss) if result.history else float("nan")
+
+    def _subspace(self, trainer: Trainer) -> Subspace | None:
+        """The round's public gradient subspace (dp-subspace), at the received global model."""
+        if not self.cfg.dp_subspace:
+            return None
+        if self._public is None:
+            self._public = read_notes(self.cfg.dp_public_notes).notes
+        return public_subspace(trainer, self._public, self.cfg.dp_subspace, self.cfg.seed)
 
     def round_notes(self, server_round: int) -> list[Note]:
         """The notes a round trains on: all, or with `local_fraction` < 1 the round's share of
