@@ -14,7 +14,7 @@ import argparse
 import hashlib
 import json
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -198,8 +198,11 @@ def warm_start(
 ) -> Arrays:
     """The consortium's round-0 model (`federation.warm_start`) trained on `public` for
     `epochs`, batch 16, cached as .npz by its settings."""
-    public_cfg = replace(
-        cfg, dp=False, local_epochs=epochs, batch_size=16, rounds=1, compression="none"
+    no_dp: dict[str, Any] = {
+        f.name: f.default for f in fields(FederationConfig) if f.name.startswith("dp")
+    }
+    public_cfg = replace(  # without DP: a DP row and its no-DP twin share their warm start
+        cfg, **no_dp, local_epochs=epochs, batch_size=16, rounds=1, compression="none"
     )
     settings = json.dumps([str(public_cfg), len(public), public[0].text if public else ""])
     key = hashlib.sha256(settings.encode()).hexdigest()[:16]

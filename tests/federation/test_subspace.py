@@ -101,3 +101,13 @@ def test_a_node_projects_at_the_same_privacy_spend(tiny_llama: Path, tmp_path: P
     ):
         with pytest.raises(ValueError, match=message):
             tiny_config(tiny_llama, **overrides)
+
+
+def test_a_warm_start_is_made_for_a_run_that_projects(tiny_llama: Path, tmp_path: Path):
+    from federation.warm_start import make_warm_start
+
+    public = corpus(tmp_path / "p", 40, seed=3)
+    cfg = tiny_config(tiny_llama, dp=True, dp_subspace=RANK,
+                      dp_public_notes=str(tmp_path / "p" / "notes-3.jsonl"))  # fmt: skip
+    made = make_warm_start(cfg, public, 1, tmp_path / "warm.npz", tmp_path)
+    assert (tmp_path / "warm.npz").exists() and made["tensors"] > 0
