@@ -89,6 +89,12 @@ RECIPES: dict[str, tuple[dict[str, Any], int, str]] = {
         "gradients at the round's model (federation.subspace; its warm start and no-DP twin are "
         "lora8-warm's)",
     ),
+    "lora8-warm-sub64-sgd": (
+        {**_lora(16, 0.5, 256), "optimizer": "sgd"},
+        3,
+        "as lora8-warm-sub64 with lora8-warm-sgd's SGD: a step along the projected gradient "
+        "(AdamW's per-weight scaling would spread it out of the subspace again)",
+    ),
     "layers8-warm": (
         {"mode": "layers", "learning_rate": 1e-3, "head_learning_rate": 3e-3, "batch_size": 256},
         3,
@@ -96,11 +102,19 @@ RECIPES: dict[str, tuple[dict[str, Any], int, str]] = {
     ),
 }
 # Recipes whose no-DP run is another recipe's (they differ only in how DP works)
-TWINS = {"lora8-warm-perlayer": "lora8-warm", "lora8-warm-sub64": "lora8-warm"}
+TWINS = {
+    "lora8-warm-perlayer": "lora8-warm",
+    "lora8-warm-sub64": "lora8-warm",
+    "lora8-warm-sub64-sgd": "lora8-warm-sgd",
+}
 # Recipes whose warm start is another recipe's (they differ only in how the private rounds train)
-WARM_LIKE = {"lora8-warm-sgd": "lora8-warm", "lora8-warm-sub64": "lora8-warm"}
+WARM_LIKE = {
+    "lora8-warm-sgd": "lora8-warm",
+    "lora8-warm-sub64": "lora8-warm",
+    "lora8-warm-sub64-sgd": "lora8-warm",
+}
 # Recipes whose DP steps are projected onto the top N directions of the public notes' gradients
-SUBSPACE = {"lora8-warm-sub64": 64}
+SUBSPACE = {"lora8-warm-sub64": 64, "lora8-warm-sub64-sgd": 64}
 
 
 def base_config(args: argparse.Namespace, recipe: str, seed: int) -> FederationConfig:
