@@ -76,7 +76,22 @@ def measure(args: argparse.Namespace, corpus: Corpus, recipe: str) -> dict[str, 
     return row
 
 
-def write_report(rows: list[dict[str, Any]], command: str, path: Path) -> None:
+def batch_noise(args: argparse.Namespace, corpus: Corpus, recipe: str) -> list[dict[str, Any]]:
+    """Noise over batch (what a step's noise adds per weight, x clipping norm) at ε = 8 over
+    the rounds, for batches of 256, 512 and the smallest hospital whole."""
+    smallest = min(len(p) for p in corpus.hospitals)
+    table = []
+    for batch in (256, 512, smallest):
+        cfg = replace(base_config(args, recipe, args.seed), batch_size=batch)
+        noise = noise_for(8.0, DELTA, smallest, cfg)
+        steps = args.rounds * -(-smallest // batch)
+        table.append({"batch": batch, "steps": steps, "noise": noise, "per_batch": noise / batch})
+    return table
+
+
+def write_report(
+    rows: list[dict[str, Any]], batches: list[dict[str, Any]], command: str, path: Path
+) -> None:
     lines = [
         "# Signal against noise in one DP-SGD step (at the public warm start)",
         "",
@@ -104,6 +119,18 @@ def write_report(rows: list[dict[str, Any]], command: str, path: Path) -> None:
             f"| {r['alignment']:.3f} | {r['noise']:.4f} | {r['signal'] / r['noise']:.3f} "
             + projected
         )
+    lines += [
+        "",
+        "At ε = 8 over the rounds for the smallest hospital, a larger batch needs more noise: "
+        "the noise each step adds over its batch, against the steps it leaves.",
+        "",
+        "| batch | steps in all | noise multiplier | noise / batch |",
+        "|---|---|---|---|",
+        *[
+            f"| {b['batch']} | {b['steps']} | {b['noise']:.3f} | {b['per_batch']:.5f} |"
+            for b in batches
+        ],
+    ]
     path.write_text("\n".join(lines) + "\n", encoding="utf-8")
 
 
@@ -119,7 +146,10 @@ def main() -> None:
     corpus = Corpus.load(args.public, args.split_seed, args.train, args.test)
     rows = [measure(args, corpus, recipe) for recipe in args.recipes]
     args.out.with_suffix(".json").write_text(json.dumps(rows, indent=2), encoding="utf-8")
-    write_report(rows, "python benchmarks/privacy_signal.py " + shlex.join(sys.argv[1:]), args.out)
+    batches = batch_noise(args, corpus, args.recipes[0])
+    write_report(
+        rows, batches, "python benchmarks/privacy_signal.py " + shlex.join(sys.argv[1:]), args.out
+    )
 
 
 if __name__ == "__main__":
