@@ -86,10 +86,13 @@ def batch_loss(
     states: Sequence[torch.Tensor] | None,
     first_layer: int,
     cfg: TrainConfig | None = None,
+    per_window: bool = False,
 ) -> torch.Tensor:
     """Token cross-entropy of one batch, from cached prefix states when given: the mean over
     labelled tokens, weighted by tag (`cfg.o_weight`) and label-smoothed
-    (`cfg.label_smoothing`) when `cfg` asks for it."""
+    (`cfg.label_smoothing`) when `cfg` asks for it. With `per_window` it is the mean over
+    windows of each window's own token mean instead, so a window's gradient depends on that
+    window alone, whatever else shares its batch (what DP-SGD's per-sample clipping needs)."""
     ids, mask, labels = collate_ids(windows, int(loaded.tokenizer.pad_token_id))
     if states is not None:
         logits = logits_from(loaded.model, collate_states(states), mask, first_layer)
@@ -97,10 +100,17 @@ def batch_loss(
         logits = full_logits(loaded.model, ids, mask)
     flat = logits.flatten(0, 1).float()
     weight = tag_weights(flat.shape[-1], cfg) if cfg is not None else None
-    return torch.nn.functional.cross_entropy(
+    tokens = torch.nn.functional.cross_entropy(
         flat,
         labels.flatten(),
         weight=weight,
         ignore_index=IGNORE,
         label_smoothing=cfg.label_smoothing if cfg is not None else 0.0,
-    )
+        reduction="none",
+    ).view(labels.shape)
+    kept = (labels != IGNORE).float()
+    if weight is not None:  # each labelled token counts by its tag's weight
+        kept = kept * weight[labels.clamp(min=0)]
+    if not per_window:
+        return tokens.sum() / kept.sum()
+    return (tokens.sum(1) / kept.sum(1).clamp(min=1e-12)).mean()

@@ -324,6 +324,7 @@ class Trainer:
                 [states[i] for i in chunk] if states else None,
                 self.first if states else 0,
                 self.cfg,
+                per_window=self.policy is not None,
             )
             last = index == len(chunks) - 1
             extra = self.extra_loss() if self.extra_loss is not None and last else 0.0

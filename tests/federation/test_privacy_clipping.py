@@ -37,7 +37,7 @@ def _trainer(tiny_llama: Path, tmp_path: Path, micro: int) -> Trainer:
 
 
 @pytest.mark.parametrize("micro", [1, 64])
-def test_every_sampled_window_has_one_norm_and_it_is_its_gradients(
+def test_every_sampled_window_has_one_norm_and_it_is_its_own_gradients(
     tiny_llama: Path, tmp_path: Path, micro: int
 ):
     notes = corpus(tmp_path / "c", 60, seed=1)
@@ -47,10 +47,8 @@ def test_every_sampled_window_has_one_norm_and_it_is_its_gradients(
     trainer.fit(notes, [])
     assert len(policy.norms) == sum(len(b) for b in policy.drawn) > 20
     assert policy.clipping_stats()["dp_clipped_share"] == 0.0
-    if micro > 1:
-        return
-    # one window per micro-batch: Opacus' per-sample gradient is the window's own gradient;
-    # the first step's windows (shortest first) against plain backward passes at the start
+    # whatever shares its micro-batch, a window's per-sample gradient is its own loss's: the
+    # first step's windows (shortest first) against plain backward passes at the start
     fresh = _trainer(tiny_llama, tmp_path / "fresh", micro)
     fresh.init_head(seed_everything(fresh.cfg.seed))
     windows = fresh.encode(notes)
