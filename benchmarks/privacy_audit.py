@@ -38,7 +38,6 @@ from sklearn.metrics import roc_auc_score, roc_curve
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.core import machine  # noqa: E402
 from benchmarks.privacy import RECIPES, base_config  # noqa: E402
 from benchmarks.privacy_lab import (  # noqa: E402
     CANARIES,
@@ -49,6 +48,7 @@ from benchmarks.privacy_lab import (  # noqa: E402
     candidates,
     warm_start,
 )
+from benchmarks.rows import RowStore  # noqa: E402
 from federation.task import HospitalNode  # noqa: E402
 
 RESULT = ROOT / "benchmarks" / "results" / "privacy_audit.md"
@@ -150,9 +150,6 @@ def audit(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
             "calibrated": attack_scores(calibrated["members"], calibrated["outsiders"]),
             "exposure_once": exposure[:CANARIES],
             "exposure_4x": exposure[CANARIES:],
-            "command": "python benchmarks/privacy_audit.py " + shlex.join(sys.argv[1:]),
-            "machine": machine(),
-            "date": time.strftime("%Y-%m-%d"),
             "seconds": round(time.perf_counter() - started, 1),
         }
     return rows
@@ -223,12 +220,11 @@ def main() -> None:
     parser.add_argument("--pool", type=int, default=0, help="shadow pool sentences (0: all)")
     parser.add_argument("--output", type=Path, default=RESULT)
     args = parser.parse_args()
-    rows = audit(args)
-    store_path = args.output.with_suffix(".json")
-    store = json.loads(store_path.read_text()) if store_path.exists() else {}
-    store.setdefault("rows", {}).update(rows)
-    store_path.write_text(json.dumps(store, indent=2), encoding="utf-8")
-    write(store, args.output)
+    command = "python benchmarks/privacy_audit.py " + shlex.join(sys.argv[1:])
+    rows = RowStore(args.output.with_suffix(".json"), command)
+    for key, row in audit(args).items():
+        rows.add(key, row)
+    write(rows.read(), args.output)
     print(args.output.read_text(encoding="utf-8"))
 
 
