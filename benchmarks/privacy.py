@@ -124,6 +124,18 @@ def base_config(args: argparse.Namespace, recipe: str, seed: int) -> FederationC
                             dp_delta=DELTA, **settings)  # fmt: skip
 
 
+def recipe_warm_start(
+    args: argparse.Namespace, corpus: Corpus, recipe: str, seed: int
+) -> dict[str, np.ndarray]:
+    """The public warm start a recipe's rows start from, made with its own training settings or
+    with those of the recipe `WARM_LIKE` names (cached by `privacy_lab.warm_start`)."""
+    cfg = base_config(args, recipe, seed)
+    like = base_config(args, WARM_LIKE.get(recipe, recipe), seed)
+    warm_cfg = replace(cfg, **{k: getattr(like, k) for k in RECIPES[recipe][0]})
+    return warm_start(warm_cfg, corpus.public, RECIPES[recipe][1],
+                      args.state_dir / "privacy" / "warm", args.state_dir)  # fmt: skip
+
+
 def run_row(args: argparse.Namespace, corpus: Corpus, recipe: str, eps: float | None, seed: int):
     """One row: resumed from its round checkpoint when an earlier invocation was cut short."""
     cfg = base_config(args, recipe, seed)
@@ -147,10 +159,7 @@ def run_row(args: argparse.Namespace, corpus: Corpus, recipe: str, eps: float | 
     hospitals = range(len(corpus.hospitals))
     share_prefix_cache(state / "prefix-cache", [run_dir / f"hospital-{i}" for i in hospitals])
     if arrays is None and RECIPES[recipe][1]:
-        like = base_config(args, WARM_LIKE.get(recipe, recipe), seed)
-        warm_cfg = replace(cfg, **{k: getattr(like, k) for k in RECIPES[recipe][0]})
-        arrays = warm_start(warm_cfg, corpus.public, RECIPES[recipe][1], state / "warm",
-                            args.state_dir)  # fmt: skip
+        arrays = recipe_warm_start(args, corpus, recipe, seed)
     started = time.perf_counter()
 
     def on_round(record: RoundRecord, global_arrays: dict[str, np.ndarray]) -> None:

@@ -38,7 +38,7 @@ from sklearn.metrics import roc_auc_score, roc_curve
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.privacy import RECIPES, base_config  # noqa: E402
+from benchmarks.privacy import RECIPES, base_config, recipe_warm_start  # noqa: E402
 from benchmarks.privacy_lab import (  # noqa: E402
     CANARIES,
     Corpus,
@@ -46,7 +46,6 @@ from benchmarks.privacy_lab import (  # noqa: E402
     add_corpus_args,
     canary,
     candidates,
-    warm_start,
 )
 from benchmarks.rows import RowStore  # noqa: E402
 from federation.task import HospitalNode  # noqa: E402
@@ -109,7 +108,7 @@ def audit(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
         if not path.exists():
             raise SystemExit(f"{path}: no global model; run benchmarks/privacy.py for it first")
         paths["no DP" if eps is None else f"epsilon {eps:g}"] = (eps, path)
-    warm = warm_start(cfg, corpus.public, RECIPES[args.recipe][1], state / "warm", args.state_dir)
+    warm = recipe_warm_start(args, corpus, args.recipe, args.seed)
     pool = corpus.pool[: args.pool or None]
     references = [warm] + [
         shadow(cfg, warm, pool, k, args.shadow_epochs, state / "shadows", args.state_dir)

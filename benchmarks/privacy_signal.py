@@ -30,8 +30,8 @@ sys.path.insert(0, str(ROOT))
 
 from benchmarks.core import machine  # noqa: E402
 from benchmarks.experiments_local import noise_for  # noqa: E402
-from benchmarks.privacy import DELTA, RECIPES, WARM_LIKE, base_config  # noqa: E402
-from benchmarks.privacy_lab import Corpus, add_corpus_args, warm_start  # noqa: E402
+from benchmarks.privacy import DELTA, RECIPES, base_config, recipe_warm_start  # noqa: E402
+from benchmarks.privacy_lab import Corpus, add_corpus_args  # noqa: E402
 from federation.subspace import public_subspace, window_gradients  # noqa: E402
 from federation.task import HospitalNode  # noqa: E402
 
@@ -40,10 +40,7 @@ RESULT = ROOT / "benchmarks" / "results" / "privacy_signal.md"
 
 def measure(args: argparse.Namespace, corpus: Corpus, recipe: str) -> dict[str, Any]:
     cfg = base_config(args, recipe, args.seed)
-    like = base_config(args, WARM_LIKE.get(recipe, recipe), args.seed)
-    warm_cfg = replace(cfg, **{k: getattr(like, k) for k in RECIPES[recipe][0]})
-    state = args.state_dir / "privacy"
-    arrays = warm_start(warm_cfg, corpus.public, RECIPES[recipe][1], state / "warm", args.state_dir)
+    arrays = recipe_warm_start(args, corpus, recipe, args.seed)
     noise = noise_for(8.0, DELTA, min(len(p) for p in corpus.hospitals), cfg)
     with tempfile.TemporaryDirectory() as tmp:
         node = HospitalNode.load(cfg, corpus.members, Path(tmp), "hospital-0", (), args.state_dir)
