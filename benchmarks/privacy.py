@@ -95,6 +95,17 @@ RECIPES: dict[str, tuple[dict[str, Any], int, str]] = {
         "as lora8-warm-sub64 with lora8-warm-sgd's SGD: a step along the projected gradient "
         "(AdamW's per-weight scaling would spread it out of the subspace again)",
     ),
+    "lora8-warm-sub64-adam": (
+        {**_lora(16, 3e-3, 256), "optimizer": "sgd"},
+        3,
+        "as lora8-warm-sub64 with Adam in the subspace's 64 coordinates (each scaled by its "
+        "running RMS, then SGD momentum 0.9 at lr 3e-3): an adaptive step that stays in it",
+    ),
+    "lora8-warm-sub64-adam-lr1e-2": (
+        {**_lora(16, 1e-2, 256), "optimizer": "sgd"},
+        3,
+        "as lora8-warm-sub64-adam at lr 1e-2",
+    ),
     "layers8-warm": (
         {"mode": "layers", "learning_rate": 1e-3, "head_learning_rate": 3e-3, "batch_size": 256},
         3,
@@ -106,15 +117,26 @@ TWINS = {
     "lora8-warm-perlayer": "lora8-warm",
     "lora8-warm-sub64": "lora8-warm",
     "lora8-warm-sub64-sgd": "lora8-warm-sgd",
+    "lora8-warm-sub64-adam": "lora8-warm",
+    "lora8-warm-sub64-adam-lr1e-2": "lora8-warm",
 }
 # Recipes whose warm start is another recipe's (they differ only in how the private rounds train)
 WARM_LIKE = {
     "lora8-warm-sgd": "lora8-warm",
     "lora8-warm-sub64": "lora8-warm",
     "lora8-warm-sub64-sgd": "lora8-warm",
+    "lora8-warm-sub64-adam": "lora8-warm",
+    "lora8-warm-sub64-adam-lr1e-2": "lora8-warm",
 }
 # Recipes whose DP steps are projected onto the top N directions of the public notes' gradients
-SUBSPACE = {"lora8-warm-sub64": 64, "lora8-warm-sub64-sgd": 64}
+# (adaptive: scaled per coordinate there, federation.subspace)
+_ADAPTIVE = {"dp_subspace": 64, "dp_subspace_adaptive": True}
+SUBSPACE: dict[str, dict[str, Any]] = {
+    "lora8-warm-sub64": {"dp_subspace": 64},
+    "lora8-warm-sub64-sgd": {"dp_subspace": 64},
+    "lora8-warm-sub64-adam": _ADAPTIVE,
+    "lora8-warm-sub64-adam-lr1e-2": _ADAPTIVE,
+}
 
 
 def base_config(args: argparse.Namespace, recipe: str, seed: int) -> FederationConfig:
@@ -148,7 +170,7 @@ def run_row(args: argparse.Namespace, corpus: Corpus, recipe: str, eps: float | 
         cfg = replace(cfg, dp=True, dp_noise_multiplier=noise, dp_epsilon_budget=eps + 1e-6)
         if recipe in SUBSPACE:  # the public notes are the warm start's
             public = write_conll(corpus.public, state / f"public-{corpus.tag}.tsv")
-            cfg = replace(cfg, dp_subspace=SUBSPACE[recipe], dp_public_notes=str(public))
+            cfg = replace(cfg, **SUBSPACE[recipe], dp_public_notes=str(public))
     key = f"{recipe} {eps} {seed} {corpus.tag} {args.rounds}"
     run_dir = state / "runs" / hashlib.sha256(key.encode()).hexdigest()[:12]
     checkpoint = RoundCheckpoint(run_dir / "checkpoint")
@@ -224,8 +246,7 @@ def main() -> None:
                 row = run_row(args, corpus, recipe, eps, seed)
                 store = rows.add(key, row | {"sizes": sizes})
                 print(f"  -> F1 {row['f1']:.4f} eps {row['eps_spent']}", flush=True)
-                if args.store == STORE:
-                    write_report(store, RECIPES, TWINS, RESULT)
+                write_report(store, RECIPES, TWINS, args.store.with_suffix(".md"))
 
 
 if __name__ == "__main__":

@@ -43,18 +43,22 @@ def _clipped(rows: list[dict[str, Any]]) -> str:
     return f"{first:.0%} / {last:.0%}"
 
 
-def table(store: dict[str, Any], twins: dict[str, str]) -> list[str]:
+def table(store: dict[str, Any], twins: dict[str, str], sizes: str) -> list[str]:
+    """The rows of one size (hospitals, public part, test set, rounds), one line per recipe and
+    target, seeds averaged."""
     groups = _group(list(store.get("rows", {}).values()))
     lines = [
-        "| recipe | epsilon target | seeds | strict F1 (mean ± sd) | F1 points lost to DP "
-        "| Chemical / Disease F1 | span F1 | round-0 F1 | epsilon spent per hospital "
-        "| noise | samples clipped, round 1 / last | minutes per run |",
+        "| recipe | epsilon target | seeds | strict F1 (mean ± sd) "
+        "| F1 points lost to DP | Chemical / Disease F1 | span F1 | round-0 F1 "
+        "| epsilon spent per hospital | noise | samples clipped, round 1 / last "
+        "| minutes per run |",
         "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     order = sorted(
-        groups.items(), key=lambda g: (g[0][0], g[0][1], g[0][2] is not None, g[0][2] or 0)
+        (g for g in groups.items() if g[0][0] == sizes),
+        key=lambda g: (g[0][1], g[0][2] is not None, g[0][2] or 0),
     )
-    for (sizes, recipe, eps), rows in order:
+    for (_, recipe, eps), rows in order:
         per_type = [r["per_type"] for r in rows]
         spent = sorted({round(v, 2) for r in rows for v in r["eps_spent"].values()})
         lines.append(
@@ -89,7 +93,7 @@ def write_report(
         "",
         "Machines: " + "; ".join(machines),
         "",
-        "Sizes: " + "; ".join(sizes) + ". Training sentences split by Dirichlet(0.5) label "
+        "Training sentences split by Dirichlet(0.5) label "
         "skew, and hospital-0 also holds 40 synthetic canary sentences for privacy_audit.py "
         "(counted in its size); the public part is the start of the development set, which no "
         "hospital holds; "
@@ -105,7 +109,7 @@ def write_report(
         "",
         *[f"- `{name}`: {about}" for name, (_, _, about) in recipes.items()],
         "",
-        *table(store, twins),
-        "",
     ]
+    for size in sizes:
+        text += [f"## {size}", "", *table(store, twins, size), ""]
     path.write_text("\n".join(text), encoding="utf-8")

@@ -172,6 +172,13 @@ class FederationConfig:
             "outside them is dropped); 0: off"
         },
     )
+    dp_subspace_adaptive: bool = field(
+        default=False,
+        metadata={
+            "help": "dp-subspace: scale each step's coordinates in the subspace by their running "
+            "RMS, so that with optimizer sgd (its momentum) the step is Adam's in the subspace"
+        },
+    )
     dp_public_notes: str = field(
         default="",
         metadata={
@@ -339,6 +346,13 @@ def _check_subspace(cfg: FederationConfig) -> None:
         raise ValueError("dp-subspace without dp: the projection is a step of DP-SGD")
     if cfg.dp_subspace and not cfg.dp_public_notes:
         raise ValueError("dp-subspace needs dp-public-notes, the notes its directions come from")
+    if cfg.dp_subspace_adaptive and not cfg.dp_subspace:
+        raise ValueError("dp-subspace-adaptive without dp-subspace: it scales subspace coordinates")
+    if cfg.dp_subspace_adaptive and cfg.optimizer != "sgd":
+        raise ValueError(
+            f"dp-subspace-adaptive with optimizer {cfg.optimizer}: it needs sgd, whose step stays "
+            "in the subspace (adamw's per-weight scaling would spread it out again)"
+        )
 
 
 def from_run_config(run_config: Mapping[str, Any]) -> FederationConfig:

@@ -9,6 +9,12 @@ directions come from public notes and the round's global model alone, so the pro
 post-processing of the privatized gradient: it costs no ε (the idea of Zhou, Wu and Banerjee,
 "Bypassing the ambient dimension", ICLR 2021, and Yu et al.'s GEP).
 
+With `adaptive`, each step divides the projected gradient's coordinates in the basis by their
+running root mean square (RMSprop's second moment, beta 0.999, bias-corrected) before mapping
+them back: the node's SGD momentum then supplies Adam's first moment, so the pair is Adam in the
+`rank` coordinates, where AdamW on the weights would rescale each weight and spread the step out
+of the subspace again. The moments start afresh with each round's basis.
+
 Memory: the per-window gradients of 2 x `rank` public windows and the basis, (3 x rank) x the
 trained weights x 4 bytes while it is built (about 1 GB for rank 64 and LoRA r16 on top:8 of the
 135M model), the basis alone (rank x weights x 4 bytes) while the round trains.
@@ -24,12 +30,20 @@ from appliance.notes import Note
 from appliance.objective import batch_loss
 from appliance.training import Trainer
 
+BETA = 0.999  # the second moment's decay of an adaptive subspace step, as Adam's
+EPS = 1e-8
+
 
 class Subspace:
-    """An orthonormal basis (rank x weights) of directions in the trained parameters."""
+    """An orthonormal basis (rank x weights) of directions in the trained parameters; with
+    `adaptive`, steps scaled per coordinate by the coordinates' running RMS."""
 
-    def __init__(self, params: Sequence[torch.nn.Parameter], basis: torch.Tensor) -> None:
-        self.params, self.basis = list(params), basis
+    def __init__(
+        self, params: Sequence[torch.nn.Parameter], basis: torch.Tensor, adaptive: bool = False
+    ) -> None:
+        self.params, self.basis, self.adaptive = list(params), basis, adaptive
+        self.square = torch.zeros(basis.shape[0])
+        self.steps = 0
 
     @property
     def rank(self) -> int:
@@ -40,10 +54,19 @@ class Subspace:
             [(p.grad if p.grad is not None else torch.zeros_like(p)).flatten() for p in self.params]
         )
 
+    def coordinates(self, flat: torch.Tensor) -> torch.Tensor:
+        """The gradient's coordinates in the basis, divided by their running RMS when adaptive."""
+        coords = self.basis @ flat
+        if not self.adaptive:
+            return coords
+        self.steps += 1
+        self.square.mul_(BETA).add_(coords.pow(2), alpha=1 - BETA)
+        return coords / ((self.square / (1 - BETA**self.steps)).sqrt() + EPS)
+
     def project(self) -> None:
-        """Replace the parameters' gradients by their projection onto the basis."""
-        flat = self.flat_grad().float()
-        projected = self.basis.T @ (self.basis @ flat)
+        """Replace the parameters' gradients by their projection onto the basis (scaled per
+        coordinate when adaptive)."""
+        projected = self.basis.T @ self.coordinates(self.flat_grad().float())
         offset = 0
         for param in self.params:
             size = param.numel()
@@ -83,7 +106,9 @@ def window_gradients(
     return torch.stack(rows)
 
 
-def public_subspace(trainer: Trainer, notes: Sequence[Note], rank: int, seed: int) -> Subspace:
+def public_subspace(
+    trainer: Trainer, notes: Sequence[Note], rank: int, seed: int, adaptive: bool = False
+) -> Subspace:
     """The top-`rank` directions of the gradients of 2 x `rank` public windows (fewer when the
     gradients span fewer), from the eigenvectors of their Gram matrix."""
     if rank < 1:
@@ -94,4 +119,4 @@ def public_subspace(trainer: Trainer, notes: Sequence[Note], rank: int, seed: in
     order = order[values[order] > values.max() * 1e-6]  # directions the windows really span
     basis = (vectors[:, order] / values[order].sqrt()).T @ grads  # orthonormal rows
     params = [p for p in trainer.loaded.model.parameters() if p.requires_grad]
-    return Subspace(params, basis)
+    return Subspace(params, basis, adaptive)

@@ -235,7 +235,10 @@ class HospitalNode:
             return None
         if self._public is None:
             self._public = read_notes(self.cfg.dp_public_notes).notes
-        return public_subspace(trainer, self._public, self.cfg.dp_subspace, self.cfg.seed)
+        cfg = self.cfg
+        return public_subspace(
+            trainer, self._public, cfg.dp_subspace, cfg.seed, cfg.dp_subspace_adaptive
+        )
 
     def round_notes(self, server_round: int) -> list[Note]:
         """The notes a round trains on: all, or with `local_fraction` < 1 the round's share of

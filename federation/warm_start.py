@@ -51,7 +51,8 @@ def make_warm_start(
 
     if not notes:
         raise ValueError("warm start: no notes to train on")
-    local = replace(cfg, dp=False, dp_subspace=0, local_epochs=epochs, batch_size=batch_size,
+    local = replace(cfg, dp=False, dp_subspace=0, dp_subspace_adaptive=False,
+                    local_epochs=epochs, batch_size=batch_size,
                     rounds=1, compression="none", local_fraction=1.0,
                     strategy="fedavg")  # fmt: skip
     node = HospitalNode.load(local, list(notes), state_dir / "warm-start", "warm-start",

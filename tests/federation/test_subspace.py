@@ -12,7 +12,7 @@ import torch
 from appliance.layers import LayerSelection
 from appliance.training import Trainer
 from federation.privacy import DPSGDPolicy
-from federation.subspace import public_subspace, window_gradients
+from federation.subspace import BETA, Subspace, public_subspace, window_gradients
 from federation.task import HospitalNode, load_for_training
 from tests.conftest import tiny_train_config
 from tests.federation.helpers import corpus, tiny_config
@@ -81,23 +81,52 @@ def test_every_noisy_step_lies_in_the_subspace(tiny_llama: Path, tmp_path: Path)
     assert norms[True] < 0.2 * norms[False]  # the noise outside the subspace is gone
 
 
+def test_an_adaptive_step_divides_each_coordinate_by_its_running_rms():
+    gen = torch.Generator().manual_seed(0)
+    params = [torch.nn.Parameter(torch.zeros(5, 4)), torch.nn.Parameter(torch.zeros(7))]
+    basis = torch.linalg.qr(torch.randn(27, 3, generator=gen)).Q.T  # 3 orthonormal rows
+    space = Subspace(params, basis, adaptive=True)
+    grads = [torch.randn(27, generator=gen) * scale for scale in (1.0, 10.0, 0.1)]
+    square = torch.zeros(3)
+    for step, flat in enumerate(grads, start=1):
+        params[0].grad, params[1].grad = flat[:20].view(5, 4).clone(), flat[20:].clone()
+        space.project()
+        coords = basis @ flat
+        square = BETA * square + (1 - BETA) * coords**2
+        expected = basis.T @ (coords / (square / (1 - BETA**step)).sqrt())
+        torch.testing.assert_close(space.flat_grad(), expected, atol=1e-5, rtol=1e-4)
+        if step == 1:  # the first step moves every coordinate by one, whatever the scale
+            torch.testing.assert_close((basis @ space.flat_grad()).abs(), torch.ones(3))
+    plain = Subspace(params, basis)
+    params[0].grad, params[1].grad = grads[0][:20].view(5, 4).clone(), grads[0][20:].clone()
+    plain.project()
+    torch.testing.assert_close(space.flat_grad(), basis.T @ (basis @ grads[0]), atol=1e-5, rtol=0)
+
+
 def test_a_node_projects_at_the_same_privacy_spend(tiny_llama: Path, tmp_path: Path):
     notes = corpus(tmp_path / "c", 60, seed=1)
     corpus(tmp_path / "p", 40, seed=3)  # the public notes file
     spent = {}
-    for rank in (0, RANK):
+    for rank, adaptive in ((0, False), (RANK, False), (RANK, True)):
         path = str(tmp_path / "p" / "notes-3.jsonl") if rank else ""
-        cfg = tiny_config(tiny_llama, dp=True, dp_subspace=rank, dp_public_notes=path)
-        node = HospitalNode.load(cfg, notes, tmp_path / f"node-{rank}", "h")
+        optimizer = "sgd" if adaptive else "adamw"
+        cfg = tiny_config(tiny_llama, dp=True, dp_subspace=rank, dp_public_notes=path,
+                          dp_subspace_adaptive=adaptive, optimizer=optimizer)  # fmt: skip
+        node = HospitalNode.load(cfg, notes, tmp_path / f"node-{rank}-{adaptive}", "h")
         update = node.train_round(node.initial_arrays(), 1)
         assert update.declined is None and update.payload
-        spent[rank] = update.metrics["eps_spent"]
+        spent[rank, adaptive] = update.metrics["eps_spent"]
         assert node.dp_policy is not None and node.dp_policy.subspace is None  # freed
-    assert spent[0] == spent[RANK] > 0
+    assert spent[0, False] == spent[RANK, False] == spent[RANK, True] > 0
     for overrides, message in (
         ({"dp": True, "dp_subspace": -1}, "dp-subspace -1: must be >= 0"),
         ({"dp_subspace": 4, "dp_public_notes": "p.jsonl"}, "dp-subspace without dp"),
         ({"dp": True, "dp_subspace": 4}, "needs dp-public-notes"),
+        ({"dp": True, "dp_subspace_adaptive": True, "optimizer": "sgd"}, "without dp-subspace"),
+        (
+            {"dp": True, "dp_subspace": 4, "dp_public_notes": "p", "dp_subspace_adaptive": True},
+            "adaptive with optimizer adamw: it needs sgd",
+        ),
     ):
         with pytest.raises(ValueError, match=message):
             tiny_config(tiny_llama, **overrides)
