@@ -149,6 +149,7 @@ def run_row(args: argparse.Namespace, recipe: str, size: int, seed: int) -> dict
         "train_notes": len(train),
         "seed": seed,
         **scores,
+        "schedule_epochs": args.epochs,  # the learning-rate schedule's length
         "best_epoch": result.best_epoch,
         "best_dev_f1": result.best_dev_f1,
         "dev_f1": [round(h.dev_f1, 4) for h in result.history],
