@@ -14,7 +14,7 @@ import argparse
 import hashlib
 import json
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, fields, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -29,7 +29,7 @@ from appliance.evaluation import evaluate_predictions, word_tags
 from appliance.inference import window_log_probs
 from appliance.notes import EntitySpan, Note
 from appliance.readers import read_notes
-from federation.config import FederationConfig
+from federation.config import FederationConfig, without_dp
 from federation.daemon_config import LEDGER_FILE
 from federation.partition import partition
 from federation.privacy import PrivacyLedger
@@ -198,11 +198,8 @@ def warm_start(
 ) -> Arrays:
     """The consortium's round-0 model (`federation.warm_start`) trained on `public` for
     `epochs`, batch 16, cached as .npz by its settings."""
-    no_dp: dict[str, Any] = {
-        f.name: f.default for f in fields(FederationConfig) if f.name.startswith("dp")
-    }
-    public_cfg = replace(  # without DP: a DP row and its no-DP twin share their warm start
-        cfg, **no_dp, local_epochs=epochs, batch_size=16, rounds=1, compression="none"
+    public_cfg = without_dp(  # a DP row and its no-DP twin share their warm start
+        cfg, local_epochs=epochs, batch_size=16, rounds=1, compression="none"
     )
     settings = json.dumps([str(public_cfg), len(public), public[0].text if public else ""])
     key = hashlib.sha256(settings.encode()).hexdigest()[:16]

@@ -355,6 +355,15 @@ def _check_subspace(cfg: FederationConfig) -> None:
         )
 
 
+def without_dp(cfg: FederationConfig, **changes: Any) -> FederationConfig:
+    """`cfg` with every DP setting (`dp` and each `dp_*` field) at its default, i.e. DP off, and
+    `changes` applied: training that must not be private, such as a public warm start."""
+    defaults: dict[str, Any] = {
+        f.name: f.default for f in fields(FederationConfig) if f.name.startswith("dp")
+    }
+    return replace(cfg, **defaults, **changes)
+
+
 def from_run_config(run_config: Mapping[str, Any]) -> FederationConfig:
     """Flower's run config (dotted kebab-case keys, e.g. `dp.noise-multiplier`) -> our config."""
     known = {f.name: f for f in fields(FederationConfig)}

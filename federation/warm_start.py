@@ -14,14 +14,14 @@ import json
 import os
 import zipfile
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, replace
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from appliance.notes import Note
-from federation.config import FederationConfig
+from federation.config import FederationConfig, without_dp
 
 Arrays = dict[str, np.ndarray]
 SETTINGS = "__settings__"
@@ -51,10 +51,8 @@ def make_warm_start(
 
     if not notes:
         raise ValueError("warm start: no notes to train on")
-    local = replace(cfg, dp=False, dp_subspace=0, dp_subspace_adaptive=False,
-                    local_epochs=epochs, batch_size=batch_size,
-                    rounds=1, compression="none", local_fraction=1.0,
-                    strategy="fedavg")  # fmt: skip
+    local = without_dp(cfg, local_epochs=epochs, batch_size=batch_size, rounds=1,
+                       compression="none", local_fraction=1.0, strategy="fedavg")  # fmt: skip
     node = HospitalNode.load(local, list(notes), state_dir / "warm-start", "warm-start",
                              bases_dir=state_dir)  # fmt: skip
     arrays = node.train_round(node.initial_arrays(), 1).payload
