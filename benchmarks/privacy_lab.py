@@ -14,7 +14,7 @@ import argparse
 import hashlib
 import json
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
@@ -201,7 +201,10 @@ def warm_start(
     public_cfg = without_dp(  # a DP row and its no-DP twin share their warm start
         cfg, local_epochs=epochs, batch_size=16, rounds=1, compression="none"
     )
-    settings = json.dumps([str(public_cfg), len(public), public[0].text if public else ""])
+    # keyed by the settings that differ from the defaults: a new config field keeps the key
+    changed = [(f.name, getattr(public_cfg, f.name)) for f in fields(public_cfg)
+               if getattr(public_cfg, f.name) != f.default]  # fmt: skip
+    settings = json.dumps([repr(changed), len(public), public[0].text if public else ""])
     key = hashlib.sha256(settings.encode()).hexdigest()[:16]
     path = state_dir / f"warm-{key}.npz"
     if not path.exists():

@@ -235,6 +235,7 @@ _JOURNALED = (
     "bytes_received",
     "eps_spent",
     "eps_remaining",
+    "dp_noise",
     "dp_clipped_share",
     "dp_median_grad_norm",
 )

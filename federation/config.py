@@ -153,7 +153,21 @@ class FederationConfig:
     dp: bool = field(
         default=False, metadata={"help": "sample-level DP-SGD (Opacus) at each hospital"}
     )
-    dp_noise_multiplier: float = field(default=1.0, metadata={"help": "DP-SGD noise multiplier"})
+    dp_noise_multiplier: float = field(
+        default=0.0,
+        metadata={
+            "help": "DP-SGD noise multiplier; 0: calibrated by each hospital before each round, "
+            "the smallest at which dp-rounds rounds of its size spend at most dp-epsilon-budget "
+            "(its ledger's spend so far included; Opacus' RDP accountant)"
+        },
+    )
+    dp_rounds: int = field(
+        default=10,
+        metadata={
+            "help": "dp-noise-multiplier 0: the rounds a hospital's budget is to last; after "
+            "them its budget is spent and it declines further rounds of the model lineage"
+        },
+    )
     dp_max_grad_norm: float = field(
         default=1.0, metadata={"help": "DP-SGD per-sample clipping norm"}
     )
@@ -250,7 +264,7 @@ class FederationConfig:
             "learning_rate",
             "head_learning_rate",
             "update_norm_bound",
-            "dp_noise_multiplier",
+            "dp_rounds",
             "dp_max_grad_norm",
             "dp_epsilon_budget",
             "secagg_clip",
@@ -259,23 +273,11 @@ class FederationConfig:
             raise ValueError(f"fraction-train {self.fraction_train}: must be in (0, 1]")
         if not 0 < self.local_fraction <= 1:
             raise ValueError(f"local-fraction {self.local_fraction}: must be in (0, 1]")
-        if self.dp and self.local_fraction < 1:
-            raise ValueError(
-                "dp with local-fraction < 1: the privacy accountant assumes each round samples "
-                "from all local notes"
-            )
         if not 0 < self.lr_min_fraction <= 1:
             raise ValueError(f"lr-min-fraction {self.lr_min_fraction}: must be in (0, 1]")
         if not 0 < self.topk_fraction <= 1:
             raise ValueError(f"topk-fraction {self.topk_fraction}: must be in (0, 1]")
-        if not 0 < self.dp_delta < 1:
-            raise ValueError(f"dp-delta {self.dp_delta}: must be in (0, 1)")
-        _check_subspace(self)
-        if self.dp and self.strategy == "fedprox":
-            raise ValueError(
-                "dp with strategy fedprox: Opacus clips per-sample gradients of the "
-                "data loss only, so the proximal term would be silently lost"
-            )
+        _check_dp(self)
         if self.secagg and self.compression not in ("none", "auto"):
             raise ValueError(
                 "secagg with compression: SecAgg+ quantizes and masks whole "
@@ -337,6 +339,26 @@ def _positive(cfg: FederationConfig, *names: str) -> None:
     for name in names:
         if getattr(cfg, name) <= 0:
             raise ValueError(f"{name.replace('_', '-')} must be > 0, got {getattr(cfg, name)}")
+
+
+def _check_dp(cfg: FederationConfig) -> None:
+    if cfg.dp and cfg.local_fraction < 1:
+        raise ValueError(
+            "dp with local-fraction < 1: the privacy accountant assumes each round samples "
+            "from all local notes"
+        )
+    if cfg.dp_noise_multiplier < 0:
+        raise ValueError(
+            f"dp-noise-multiplier {cfg.dp_noise_multiplier}: must be >= 0 (0: calibrated)"
+        )
+    if not 0 < cfg.dp_delta < 1:
+        raise ValueError(f"dp-delta {cfg.dp_delta}: must be in (0, 1)")
+    if cfg.dp and cfg.strategy == "fedprox":
+        raise ValueError(
+            "dp with strategy fedprox: Opacus clips per-sample gradients of the "
+            "data loss only, so the proximal term would be silently lost"
+        )
+    _check_subspace(cfg)
 
 
 def _check_subspace(cfg: FederationConfig) -> None:

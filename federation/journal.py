@@ -31,6 +31,7 @@ FIELDS = frozenset(
         "eps_spent",
         "eps_remaining",
         "eps_budget",
+        "dp_noise",
         "dp_clipped_share",
         "dp_median_grad_norm",
         "reason",

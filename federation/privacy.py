@@ -25,6 +25,8 @@ if TYPE_CHECKING:
     from federation.subspace import Subspace
 
 Step = tuple[float, float, int]  # (noise multiplier, sample rate, steps): Opacus' history entry
+# The range calibrated noise multipliers are searched in (dp-noise-multiplier 0)
+NOISE_FLOOR, NOISE_CEILING = 0.3, 1000.0
 
 
 def epsilon_of(history: Sequence[Step], delta: float) -> float:
@@ -73,6 +75,25 @@ class PrivacyLedger:
     def projected(self, step: Step) -> float:
         """ε the ledger would show after `step` more."""
         return epsilon_of([*self.history, step], self.delta)
+
+    def calibrated_noise(self, sample_rate: float, steps: int, rounds_left: int) -> float:
+        """The smallest noise multiplier (to 0.1%) at which `rounds_left` more rounds of `steps`
+        steps at `sample_rate` bring the spend to at most the budget: each round spends its
+        share of what is left. NOISE_CEILING when even that spends too much (the budget is
+        gone, and the round will be declined)."""
+        rounds_left = max(1, rounds_left)
+
+        def fits(noise: float) -> bool:
+            step = (noise, sample_rate, steps * rounds_left)  # RDP composes: one entry
+            return self.projected(step) <= self.epsilon_budget
+
+        low, high = NOISE_FLOOR, NOISE_CEILING
+        if fits(low) or not fits(high):
+            return low if fits(low) else high
+        while high / low > 1.001:  # bisect on a log scale: fits(high), not fits(low)
+            middle = math.sqrt(low * high)
+            low, high = (low, middle) if fits(middle) else (middle, high)
+        return high
 
     def commit(self, server_round: int, step: Step) -> float:
         """Record a round's steps and save atomically; returns ε spent."""

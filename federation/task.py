@@ -166,16 +166,13 @@ class HospitalNode:
         if not self.notes:
             return LocalUpdate({}, 0, {"reason": "no local notes"}, declined="no local notes")
         step = self._dp_step()
-        if step is not None and self.ledger.projected(step) > self.cfg.dp_epsilon_budget:
-            reason = (
-                f"privacy budget: this round would reach epsilon "
-                f"{self.ledger.projected(step):.3f} > budget {self.cfg.dp_epsilon_budget}"
-            )
+        reason = self._over_budget(step)
+        if reason:
             log.warning("node %s declines round %d: %s", self.name, server_round, reason)
             return LocalUpdate({}, 0, self._privacy_metrics() | {"reason": reason}, reason)
         self.set_arrays(arrays)
         reference = dict(arrays)  # as received (fp16 when compressed): upcast per tensor on use
-        loss = self._fit(server_round, reference, overrides or {})
+        loss = self._fit(server_round, reference, overrides or {}, step[0] if step else 0.0)
         if step is not None:
             self.ledger.commit(server_round, step)
         new = modes.ModelArrays(self.loaded.model, self.names)  # read, tensor by tensor, now
@@ -190,6 +187,8 @@ class HospitalNode:
         if self.cfg.compression == "topk":
             self._save_residual()
         clipping = self.dp_policy.clipping_stats() if self.dp_policy else {}
+        if step is not None:
+            clipping["dp_noise"] = round(step[0], 4)
         metrics: dict[str, float | int | str] = {
             **clipping,
             "loss": loss,
@@ -199,13 +198,36 @@ class HospitalNode:
         }
         return LocalUpdate(payload, self.windows, metrics | self._privacy_metrics())
 
+    def _over_budget(self, step: tuple[float, float, int] | None) -> str:
+        """Why the round `step` would take must be declined ('': it may run)."""
+        if step is None:
+            return ""
+        cfg, trained = self.cfg, len(self.ledger.rounds)
+        if not cfg.dp_noise_multiplier and trained >= cfg.dp_rounds:
+            return (
+                f"privacy budget: {trained} rounds trained of the dp-rounds {cfg.dp_rounds} "
+                f"the budget of epsilon {cfg.dp_epsilon_budget} was spread over"
+            )
+        if self.ledger.projected(step) > cfg.dp_epsilon_budget:
+            return (
+                f"privacy budget: this round would reach epsilon "
+                f"{self.ledger.projected(step):.3f} > budget {cfg.dp_epsilon_budget}"
+            )
+        return ""
+
     def _dp_step(self) -> tuple[float, float, int] | None:
         if not self.cfg.dp:
             return None
         rate, steps = DPSGDPolicy.planned(self.windows, self.cfg.batch_size, self.cfg.local_epochs)
-        return (self.cfg.dp_noise_multiplier, rate, steps)
+        noise = self.cfg.dp_noise_multiplier
+        if not noise:  # calibrated: this round's share of what is left of the budget
+            left = self.cfg.dp_rounds - len(self.ledger.rounds)
+            noise = self.ledger.calibrated_noise(rate, steps, left)
+        return (noise, rate, steps)
 
-    def _fit(self, server_round: int, reference: Arrays, overrides: Mapping[str, Any]) -> float:
+    def _fit(
+        self, server_round: int, reference: Arrays, overrides: Mapping[str, Any], noise: float
+    ) -> float:
         trainer = self.trainer
         trainer.cfg = self._train_config(server_round)
         mu = float(overrides.get("proximal_mu", self.cfg.proximal_mu))
@@ -217,7 +239,7 @@ class HospitalNode:
             gen = torch.Generator().manual_seed(self.cfg.seed * 7919 + server_round)
             trainer.policy = self.dp_policy = DPSGDPolicy(
                 self.loaded.model,
-                self.cfg.dp_noise_multiplier,
+                noise,
                 self.cfg.dp_max_grad_norm,
                 self.cfg.batch_size,
                 gen,

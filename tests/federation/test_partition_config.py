@@ -69,6 +69,10 @@ def test_run_config_round_trip_and_errors(tmp_path: Path):
         FederationConfig(lr_schedule="step")
     with pytest.raises(ValueError, match="lr-min-fraction 0"):
         FederationConfig(lr_min_fraction=0.0)
+    with pytest.raises(ValueError, match=r"dp-noise-multiplier -1.0: must be >= 0 \(0: calibrated"):
+        FederationConfig(dp_noise_multiplier=-1.0)
+    with pytest.raises(ValueError, match="dp-rounds must be > 0, got 0"):
+        FederationConfig(dp_rounds=0)
 
 
 def test_a_large_base_trains_on_nf4_unless_configured():

@@ -32,6 +32,46 @@ def test_ledger_epsilon_equals_opacus_accountant(tmp_path: Path):
         PrivacyLedger.open(tmp_path / "ledger.json", 8.0, 1e-5)
 
 
+def test_calibrated_noise_spends_the_budget_over_the_rounds_left(tmp_path: Path):
+    ledger = PrivacyLedger.open(tmp_path / "ledger.json", 8.0, 1e-5)
+    noise = ledger.calibrated_noise(0.2, 5, 10)
+    assert 0.3 < noise < 1000
+    ten = [(noise, 0.2, 5)] * 10
+    assert ledger.projected((noise, 0.2, 50)) == pytest.approx(8.0, rel=0.01)
+    assert PrivacyLedger(tmp_path / "x", 8.0, history=ten).epsilon_spent <= 8.0
+    assert PrivacyLedger(tmp_path / "x", 8.0, history=[(noise * 0.99, 0.2, 50)]).epsilon_spent > 8
+    # What was spent counts: after a costly first round the other nine get more noise each
+    ledger.commit(1, (0.8, 0.2, 5))
+    later = ledger.calibrated_noise(0.2, 5, 9)
+    assert later > noise
+    assert ledger.projected((later, 0.2, 45)) == pytest.approx(8.0, rel=0.01)
+    # No rounds left is one round; a spent budget gives the ceiling, which the budget declines
+    assert ledger.calibrated_noise(0.2, 5, 0) == ledger.calibrated_noise(0.2, 5, 1)
+    spent = PrivacyLedger(tmp_path / "y", 1.0, history=[(0.5, 1.0, 100)])
+    assert spent.calibrated_noise(0.2, 5, 3) == 1000.0
+    assert spent.projected((1000.0, 0.2, 15)) > 1.0
+    # A budget so large that the floor fits takes the floor
+    assert PrivacyLedger(tmp_path / "z", 1e6).calibrated_noise(0.2, 5, 1) == 0.3
+
+
+def test_calibrated_rounds_spend_the_budget_in_dp_rounds(tiny_llama: Path, tmp_path: Path):
+    notes = corpus(tmp_path / "c", 40, seed=2)
+    cfg = tiny_config(tiny_llama, dp=True, dp_rounds=3, dp_epsilon_budget=4.0, local_epochs=1)
+    assert cfg.dp_noise_multiplier == 0  # calibrated is the default
+    node = HospitalNode.load(cfg, notes, tmp_path / "node", "h")
+    arrays = node.initial_arrays()
+    noises = []
+    for server_round in (1, 2, 3):
+        update = node.train_round(arrays, server_round)
+        assert update.declined is None
+        noises.append(float(update.metrics["dp_noise"]))
+    assert noises[0] == pytest.approx(noises[2], rel=0.01)  # the same size each round
+    assert node.ledger.epsilon_spent == pytest.approx(4.0, rel=0.01)
+    assert node.ledger.epsilon_spent <= 4.0
+    assert [r["noise"] for r in node.ledger.rounds] == pytest.approx(noises, rel=1e-3)
+    assert "dp-rounds 3" in str(node.train_round(arrays, 4).declined)  # the budget is spent
+
+
 def test_dp_rounds_spend_then_decline_over_budget(tiny_llama: Path, tmp_path: Path):
     notes = corpus(tmp_path / "c", 60, seed=1)
     cfg = tiny_config(
