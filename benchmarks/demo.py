@@ -83,6 +83,23 @@ def phases(work: Path, started: float) -> list[str]:
     ]
 
 
+def privacy(summary: dict) -> list[str]:
+    """Each box's epsilon spent after each round (none: DP-SGD was off)."""
+    spent = summary.get("epsilon_by_round") or {}
+    if not spent:
+        return ["No privacy spent: DP-SGD was off.", ""]
+    names = sorted({name for row in spent.values() for name in row})
+    return [
+        f"| round | {' | '.join(f'epsilon spent, {n}' for n in names)} |",
+        "|---|" + "---|" * len(names),
+        *(
+            f"| {r} | {' | '.join(f'{row[n]:.2f}' if n in row else '-' for n in names)} |"
+            for r, row in sorted(spent.items(), key=lambda kv: int(kv[0]))
+        ),
+        "",
+    ]
+
+
 def render(command: str, wall: float, lines: list[str], summary: dict, phased: list[str]) -> str:
     entities = [m.groups() for line in lines if (m := ENTITY.match(line))]
     labels = Counter(label for label, _, _ in entities)
@@ -107,6 +124,7 @@ def render(command: str, wall: float, lines: list[str], summary: dict, phased: l
             for r in summary["rounds"]
         ),
         "",
+        *privacy(summary),
         f"The sample note's gRPC call found {len(entities)} entities "
         f"({', '.join(f'{k} {v}' for k, v in sorted(labels.items())) or 'none'}):",
         "",

@@ -10,7 +10,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from demo.sources import DATA, check_data
+from demo.sources import DATA, WARM_START, check_data
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 
@@ -32,7 +32,15 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--workdir", type=Path, help="demo folder (default <state-dir>/demo/<time>)"
     )
-    parser.add_argument("--dp", action="store_true", help="DP-SGD at every box (prints epsilon)")
+    parser.add_argument(
+        "--no-dp", action="store_true", help="the same rounds without DP-SGD (no epsilon spent)"
+    )
+    parser.add_argument(
+        "--make-warm-start",
+        action="store_true",
+        help=f"rebuild the public warm start the consortium starts from ({WARM_START.name}; "
+        "~15 min on 2 cores), then stop",
+    )
     parser.add_argument("--keep", action="store_true", help="keep the demo folder (logs, models)")
     parser.add_argument(
         "--single-box", action="store_true", help="one box: train, evaluate and annotate"
@@ -42,8 +50,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def run(args: argparse.Namespace) -> dict[str, Any] | None:
-    """The single-box demo's result (printed as JSON); None for the consortium, whose
-    summary is printed as it runs."""
+    """The single-box demo's or the warm start's result (printed as JSON); None for the
+    consortium, whose summary is printed as it runs."""
     from appliance.config import ApplianceConfig
 
     data = check_data(args.data)
@@ -53,11 +61,15 @@ def run(args: argparse.Namespace) -> dict[str, Any] | None:
         return single_box(args.state_dir, data, quick=args.quick)
     if args.rounds is not None and args.rounds < 1:
         raise ValueError(f"--rounds {args.rounds}: must be >= 1")
+    from demo import warm_start
     from demo.federated import run_demo
     from demo.plan import make_plan
 
     state_dir = Path(ApplianceConfig(state_dir=args.state_dir or "").state_dir)
-    plan = make_plan(args.quick, args.rounds, args.backend, args.dp)
+    if args.make_warm_start:
+        return warm_start.make(state_dir, data)
+    plan = make_plan(args.quick, args.rounds, args.backend, dp=not args.no_dp)
+    warm_start.check(plan.federation.warm_start)
     run_demo(state_dir, data, plan, args.workdir, args.keep)
     return None
 

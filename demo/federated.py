@@ -6,9 +6,10 @@ and per box the nightly federation daemon (`appliance federate daemon`, which ru
 following the box's model registry, with the curation API). BC5CDR training sentences are split
 over the boxes with a Dirichlet label skew; each box also gets its own held-out sentences, and
 both go into the box's note store, which its rounds train on (a keyed hash of the note id holds
-a share out for promotion). The consortium runs a few rounds (LoRA on the top 8 layers, SecAgg+
-on the server, DP-SGD at each box with `--dp`); after each round every box promotes the global
-model into its registry if it is not worse on its held-out notes, and serving swaps it in.
+a share out for promotion). The consortium starts from its public warm start and runs a few
+rounds (LoRA on the top 8 layers, SecAgg+ on the server, DP-SGD at each box unless `--no-dp`);
+after each round every box promotes the global model into its registry if it is not worse on its
+held-out notes, and serving swaps it in.
 Meanwhile a simulated EHR at each box (`demo.ehr`) shows clinicians the served model's entities
 for new notes and sends their corrections back through the curation API; later rounds train on
 them. Then an EHR-style client sends a sample note over gRPC. Everything is started as real
@@ -43,9 +44,9 @@ from appliance.registry import ModelRegistry
 from appliance.writers import write_conll
 from demo.consortium import Consortium, RunResult
 from demo.ehr import SimulatedEhr, collected, import_notes
-from demo.plan import DemoPlan
+from demo.plan import DemoPlan, describe
 from demo.progress import Progress, say
-from demo.sources import DATA, SAMPLE_NOTE
+from demo.sources import DATA, PUBLIC_NOTES, SAMPLE_NOTE
 from federation.daemon_config import toml_value
 from federation.deploy import free_port, make_certificates
 from federation.partition import dominant_label, partition
@@ -205,7 +206,8 @@ class ConsortiumDemo:
         shards = partition(train, len(self.boxes), "dirichlet", alpha=0.5, seed=seed)
         unseen = read_notes(str(self.data / "train.tsv")).notes[self.plan.train_notes :]
         for i, (box, notes) in enumerate(zip(self.boxes, shards, strict=True)):
-            held = devel[i * self.plan.heldout_notes : (i + 1) * self.plan.heldout_notes]
+            first = PUBLIC_NOTES + i * self.plan.heldout_notes  # after the warm start's notes
+            held = devel[first : first + self.plan.heldout_notes]
             write_conll(notes, box.root / "notes.tsv")
             write_conll(held, box.root / "heldout.tsv")
             import_notes(box.note_store, notes + held)
@@ -317,14 +319,7 @@ class ConsortiumDemo:
     def _rounds(self) -> RunResult:
         assert self.consortium is not None
         cfg = self.plan.federation
-        privacy = "DP-SGD off (--dp turns it on)"
-        if cfg.dp:
-            privacy = (
-                f"DP-SGD (noise {cfg.dp_noise_multiplier}, budget epsilon "
-                f"{cfg.dp_epsilon_budget:g} at delta {cfg.dp_delta:g})"
-            )
-        secure = f"SecAgg+ ({cfg.secagg_shares} shares)" if cfg.secagg else "plain FedAvg"
-        say(f"{cfg.rounds} round(s): LoRA r{cfg.lora_rank} on {cfg.layers}, {secure}, {privacy}")
+        say(describe(cfg))
         outcome: list[RunResult] = []
         runner = threading.Thread(
             target=lambda: outcome.append(self.consortium.run(cfg, timeout=3600)),  # type: ignore[union-attr]

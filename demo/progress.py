@@ -42,7 +42,8 @@ class Progress:
         self.f1: dict[int, dict[str, float]] = {}
         self.bytes_up: dict[int, dict[str, int]] = {}
         self.bytes_down: dict[int, dict[str, int]] = {}
-        self.eps: dict[str, float] = {}
+        self.eps: dict[str, float] = {}  # each box's epsilon spent, after its last round
+        self.eps_by_round: dict[int, dict[str, float]] = {}
         self.promoted: dict[str, str] = {}
         self.last_news = time.monotonic()
         self.current_round = 0
@@ -71,9 +72,12 @@ class Progress:
         elif entry.event == "round_completed":
             self.bytes_up.setdefault(r, {})[name] = int(f.get("bytes_sent", 0))
             self.bytes_down.setdefault(r, {})[name] = int(f.get("bytes_received", 0))
+            eps = ""
             if "eps_spent" in f:
-                self.eps[name] = float(f["eps_spent"])
-            eps = f", eps spent {float(f['eps_spent']):.2f}" if "eps_spent" in f else ""
+                self.eps[name] = self.eps_by_round.setdefault(r, {})[name] = float(f["eps_spent"])
+                eps = f", epsilon spent {float(f['eps_spent']):.2f}"
+                if "dp_noise" in f:
+                    eps += f" (noise {float(f['dp_noise']):.2f})"
             say(
                 f"round {r} {name}: trained on {f.get('num_examples')} windows, loss "
                 f"{float(f.get('loss', float('nan'))):.3f}, update {_mb(f.get('bytes_sent', 0))}"
@@ -125,17 +129,26 @@ class Progress:
         if self.full_model_bytes:
             full = 2 * len(names) * self.rounds * self.full_model_bytes
             say(f"  full-model FedAvg would have moved {full / 1e9:.1f} GB ({total / full:.2%})")
-        if self.eps:
-            spent = ", ".join(f"{n} {e:.2f}" for n, e in sorted(self.eps.items()))
-            say(f"privacy spent (epsilon at delta {self.delta:g}): {spent}")
-        else:
-            say("privacy spent: none accounted, DP-SGD was off (python -m demo --dp)")
+        self._privacy(names)
         say(f"done in {seconds / 60:.1f} min")
         return {
             "rounds": rows,
             "bytes_total": total,
             "epsilon_spent": self.eps,
+            "epsilon_by_round": self.eps_by_round,
             "promoted": self.promoted,
             "entities": entities,
             "seconds": round(seconds, 1),
         }
+
+    def _privacy(self, names: list[str]) -> None:
+        """Each box's epsilon spent after each round (its ledger's, at the run's delta)."""
+        if not self.eps:
+            say("privacy spent: none accounted, DP-SGD was off (--no-dp)")
+            return
+        say(f"privacy spent (epsilon at delta {self.delta:g} after each round, per box):")
+        print(f"  round  {'  '.join(f'{n:>10}' for n in names)}", flush=True)
+        for r in range(1, self.rounds + 1):
+            spent = self.eps_by_round.get(r, {})
+            cells = "  ".join(f"{spent[n]:>10.2f}" if n in spent else f"{'-':>10}" for n in names)
+            print(f"  {r:>5}  {cells}", flush=True)

@@ -6,6 +6,11 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent  # pyproject.toml's [tool.flwr.app]
 DATA = ROOT / "data" / "bc5cdr"  # the vendored BC5CDR (train/devel/test.tsv), CC-BY 4.0
+# The consortium's public warm start: the demo's LoRA on the embedded model trained on the first
+# PUBLIC_NOTES development sentences (no box holds them; their held-out notes come after them).
+# `python -m demo --make-warm-start` rebuilds it; data/warm-start/README.md says how it was made.
+PUBLIC_NOTES = 3000
+WARM_START = ROOT / "data" / "warm-start" / "embedded-lora16-top8-devel3000.npz"
 
 SAMPLE_NOTE = (
     "72-year-old woman admitted with acute kidney injury after a two-week course of "

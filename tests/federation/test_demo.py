@@ -17,28 +17,33 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from appliance.registry import ModelRegistry
+from demo import warm_start
 from demo.cli import main
 from demo.federated import ConsortiumDemo, training_window
 from demo.plan import DemoPlan, make_plan
+from demo.sources import WARM_START
+from federation.warm_start import SETTINGS, load_warm_start
 
 ROOT = Path(__file__).resolve().parents[2]
 
 
 def tiny_plan(base: Path, rounds: int) -> DemoPlan:
-    """The full demo's consortium (LoRA, DP-SGD, SecAgg+) on the tiny Llama and ~20 notes a box."""
+    """The full demo's consortium (LoRA, DP-SGD with calibrated noise, SecAgg+) on the tiny
+    Llama and ~20 notes a box, from the seeded start (the shipped warm start is the embedded
+    model's)."""
     federation = replace(
-        make_plan(quick=False, dp=True).federation,
+        make_plan(quick=False).federation,
         base=str(base),
         layers="top:2",
         lora_rank=4,
         lora_alpha=8,
         rounds=rounds,
         batch_size=8,
-        dp_noise_multiplier=2.0,
-        dp_epsilon_budget=50.0,
+        warm_start="",
     )
     return DemoPlan(60, 15, federation, backend="torch-fp32", split_seed=13)
 
@@ -85,14 +90,17 @@ def test_demo_trains_promotes_serves_and_stops_everything(
         assert all(0.0 <= f1 <= 1.0 for f1 in row["f1"].values())
         assert row["bytes"] > 0
     assert set(summary["epsilon_spent"]) == {"hospital-a", "hospital-b", "hospital-c"}
-    assert all(0 < eps <= 50.0 for eps in summary["epsilon_spent"].values())
+    spent = summary["epsilon_by_round"]
+    for name, total in summary["epsilon_spent"].items():  # 2 of the 10 rounds epsilon 8 lasts
+        assert 0 < spent[1][name] < total == spent[2][name] < 8.0, spent
     assert isinstance(summary["entities"], list)
     registry = ModelRegistry(work / "hospital-a" / "registry")
     assert [v.split("-", 1)[1] for v in registry.versions()] == ["round-1", "round-2"]
     current = registry.current()  # round 2's, or round 1's if round 2 scored worse
     assert current is not None
     assert f"entities found by model version {current.version}" in out
-    assert "rounds (strict entity F1" in out and "privacy spent" in out
+    assert "rounds (strict entity F1" in out and "privacy spent (epsilon at delta" in out
+    assert "each box's noise calibrated so that its budget lasts 10 rounds" in out
     assert json.loads((work / "summary.json").read_text())["rounds"] == json.loads(
         json.dumps(summary["rounds"])
     )
@@ -147,12 +155,29 @@ def test_plans_and_window():
     assert quick.rounds == 1 and quick.backend == "torch-fp32"
     full = make_plan(quick=False, rounds=5, backend="onnx-int4")
     assert full.rounds == 5 and full.backend == "onnx-int4"
-    assert full.federation.secagg and full.federation.min_nodes == 3 and not full.federation.dp
-    private = make_plan(quick=False, dp=True).federation
-    assert private.dp and private.dp_epsilon_budget == 16.0 and private.secagg
+    private = full.federation  # DP is the default: the budget's defaults, calibrated noise
+    assert private.dp and private.secagg and private.min_nodes == 3
+    assert (private.dp_epsilon_budget, private.dp_rounds, private.dp_noise_multiplier) == (8, 10, 0)
+    public = make_plan(quick=False, dp=False).federation
+    assert not public.dp and replace(public, dp=True) == replace(private, rounds=2)
     import datetime as dt
 
     assert training_window(dt.datetime(2026, 1, 1, 23, 30)) == "23:29-01:30"
+
+
+def test_the_shipped_warm_start_fits_every_plan():
+    """Its binding settings (base, attention, labels, mode, layers, LoRA shape) are the plans'
+    and its tensors finite; the ServerApp checks the shapes against the model at run time."""
+    with np.load(WARM_START, allow_pickle=False) as data:
+        arrays = {key: data[key] for key in data.files if key != SETTINGS}
+    for plan in (make_plan(quick=False), make_plan(quick=True)):
+        assert plan.federation.warm_start == str(WARM_START)
+        assert load_warm_start(WARM_START, plan.federation, arrays).keys() == arrays.keys()
+    with pytest.raises(ValueError, match="made for layers = 'top:8', the run has 'top:4'"):
+        load_warm_start(WARM_START, replace(plan.federation, layers="top:4"), arrays)
+    with pytest.raises(ValueError, match="warm start is missing; `python -m demo --make-warm"):
+        warm_start.check(str(WARM_START.with_name("absent.npz")))
+    warm_start.check("")  # none named: the seeded start
 
 
 def test_demo_refuses_bad_flags_before_starting_anything(tmp_path: Path, capsys):
@@ -168,9 +193,10 @@ ENTITY_LINE = re.compile(r"^  \[\s*\d+,\s*\d+\)  (\S+)\s+\d\.\d\d  \S")
 
 @pytest.mark.timeout(2700)
 def test_the_main_job_finds_the_sample_notes_diseases_and_drugs(tmp_path: Path):
-    """`python -m demo` as the README runs it: the embedded SmolLM2-135M, 3 boxes, 3 rounds, a
-    fresh state dir (the base is materialized from its GGUF). The EHR call on the sample note
-    must find its diseases as well as its drugs. Slow: ~9 minutes on 2 cores."""
+    """`python -m demo` as the README runs it: the embedded SmolLM2-135M, 3 boxes, 2 rounds with
+    DP-SGD from the shipped warm start, a fresh state dir (the base is materialized from its
+    GGUF). The EHR call on the sample note must find its diseases as well as its drugs, and every
+    box must have spent epsilon. Slow: ~6 minutes on 2 cores."""
     done = subprocess.run(
         [sys.executable, "-m", "demo", "--state-dir", str(tmp_path)],
         cwd=ROOT,
@@ -186,6 +212,10 @@ def test_the_main_job_finds_the_sample_notes_diseases_and_drugs(tmp_path: Path):
     labels = [m.group(1) for line in lines[called:] if (m := ENTITY_LINE.match(line))]
     assert "Disease" in labels and "Chemical" in labels, shown
     assert set(labels) <= {"Chemical", "Disease"}, shown
+    spent = lines.index(next(line for line in lines if "privacy spent (epsilon" in line))
+    for row in lines[spent + 2 : spent + 4]:  # the header, then rounds 1 and 2
+        cells = row.split()
+        assert len(cells) == 4 and all(0 < float(eps) < 8 for eps in cells[1:]), shown
     assert not (tmp_path / "demo").exists() or not any((tmp_path / "demo").iterdir()), shown
 
 
