@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import statistics
 from collections import defaultdict
 from pathlib import Path
 from typing import Any
@@ -17,7 +18,7 @@ REFERENCES = (
 
 def _row_cells(row: dict[str, Any]) -> str:
     types = row["per_type"]
-    per_epoch = sum(row["epoch_s"]) / max(len(row["epoch_s"]), 1)
+    per_epoch = statistics.median(row["epoch_s"]) if row["epoch_s"] else 0.0
     return (
         f"| {row['recipe']} | {row['seed']} | {len(row['dev_f1'])} / {row['schedule_epochs']} "
         f"({row['best_epoch']}) | "
@@ -55,9 +56,11 @@ def render(store: dict[str, Any]) -> str:
         "sentences, keeps the epoch with the best strict F1 on all 4,581 development sentences "
         "(early stopping) and scores all 4,797 test sentences; the learning rate warms up and "
         "decays to zero over the scheduled epochs (training stops earlier after 2 epochs "
-        "without a gain on the development set). Seconds are training seconds per "
-        "epoch on one process; MB per exchange is what one federated exchange of the trained "
-        "tensors carries in fp32; peak RSS is the benchmark process's peak so far. Span F1 "
+        "without a gain on the development set). Seconds are the median training seconds "
+        "of an epoch on one process (an epoch slowed by other work on the machine, or paused "
+        "and resumed, does not move the median; every epoch's seconds are in accuracy.json); "
+        "MB per exchange is what one federated exchange of the trained tensors carries in "
+        "fp32; peak RSS is the benchmark process's peak so far. Span F1 "
         "matches character offsets and type exactly on the raw text: it equals strict entity "
         "F1 here because every BC5CDR entity is made of whole words.",
         "",
