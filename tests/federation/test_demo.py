@@ -180,6 +180,27 @@ def test_the_shipped_warm_start_fits_every_plan():
     warm_start.check("")  # none named: the seeded start
 
 
+@pytest.mark.timeout(900)
+def test_make_warm_start_trains_what_every_plan_accepts(tmp_path: Path):
+    """`python -m demo --make-warm-start`'s function on 8 public sentences with the embedded
+    model: a warm start with the shipped one's tensors (not its values) that every plan loads."""
+    data = tmp_path / "data"
+    data.mkdir()
+    for name in ("train.tsv", "test.tsv"):
+        (data / name).write_text("", encoding="utf-8")
+    devel = (ROOT / "data" / "bc5cdr" / "devel.tsv").read_text(encoding="utf-8")
+    (data / "devel.tsv").write_text("\n\n".join(devel.split("\n\n")[:8]) + "\n", "utf-8")
+    out = tmp_path / "warm.npz"
+    made = warm_start.make(tmp_path / "state", data, out)
+    assert made["notes"] == 8 and made["epochs"] == 3 and made["lora_rank"] == 16
+    with np.load(out, allow_pickle=False) as fresh, np.load(WARM_START) as shipped:
+        arrays = {key: fresh[key] for key in fresh.files if key != SETTINGS}
+        assert arrays.keys() == {key for key in shipped.files if key != SETTINGS}
+        assert any(not np.array_equal(arrays[k], shipped[k]) for k in arrays)
+    for plan in (make_plan(quick=False), make_plan(quick=True)):
+        assert load_warm_start(out, plan.federation, arrays).keys() == arrays.keys()
+
+
 def test_demo_refuses_bad_flags_before_starting_anything(tmp_path: Path, capsys):
     assert main(["--rounds", "0", "--state-dir", str(tmp_path)]) == 2
     assert "--rounds 0: must be >= 1" in capsys.readouterr().err
