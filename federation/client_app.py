@@ -36,6 +36,7 @@ from flwr.common.secure_aggregation.secaggplus_constants import RECORD_KEY_CONFI
 from appliance.work_turn import TurnBusy, work_turn
 from federation.audit import audit_mod
 from federation.config import FederationConfig, from_run_config
+from federation.daemon_config import node_privacy
 from federation.journal import RoundJournal
 from federation.notes_source import NodeNotes, mark_trained, read_node_notes, too_few_new
 
@@ -98,9 +99,15 @@ class HospitalClient(NumPyClient):
     """One message's client; `load` gives the node, loaded at its first use (in the turn)."""
 
     def __init__(
-        self, cfg: FederationConfig, node_config: dict[str, Any], load: Callable[[], HospitalNode]
+        self,
+        cfg: FederationConfig,
+        node_config: dict[str, Any],
+        load: Callable[[], HospitalNode],
+        refusal: str | None = None,
     ) -> None:
-        self.cfg, self.node_config, self._load = cfg, node_config, load
+        """`refusal`: why this hospital's policy declines every round of the run (None: it
+        trains; `daemon_config.node_privacy`)."""
+        self.cfg, self.node_config, self._load, self.refusal = cfg, node_config, load, refusal
         self.name = str(node_config.get("hospital", "hospital"))
         journal = node_config.get("journal")
         self.journal = RoundJournal(str(journal)) if journal else None
@@ -128,8 +135,10 @@ class HospitalClient(NumPyClient):
     def fit(self, parameters: list[np.ndarray], config: dict[str, Any]):  # type: ignore[override]
         server_round = int(config.get("server-round", 0))
         self._record("round_started", server_round=server_round)
-        notes = node_notes(self.cfg, self.node_config) if "note-store" in self.node_config else None
-        why = too_few_new(self.node_config, notes) if notes is not None else None
+        notes, why = None, self.refusal
+        if why is None and "note-store" in self.node_config:
+            notes = node_notes(self.cfg, self.node_config)
+            why = too_few_new(self.node_config, notes)
         started = time.time()
         try:
             if why is None:
@@ -246,9 +255,10 @@ def _eps(metrics: dict[str, Any]) -> dict[str, Any]:
 
 
 def client_fn(context: Context):  # type: ignore[no-untyped-def]
-    cfg = from_run_config(context.run_config)
     node_config = dict(context.node_config)
-    return HospitalClient(cfg, node_config, lambda: hospital_node(cfg, node_config)).to_client()
+    cfg, refusal = node_privacy(from_run_config(context.run_config), node_config)
+    load = lambda: hospital_node(cfg, node_config)  # noqa: E731
+    return HospitalClient(cfg, node_config, load, refusal).to_client()
 
 
 def optional_secaggplus(msg: Message, ctxt: Context, call_next):  # type: ignore[no-untyped-def]

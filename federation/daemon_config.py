@@ -5,18 +5,20 @@ from __future__ import annotations
 import datetime as dt
 import shutil
 import sys
-from dataclasses import dataclass, field
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 from appliance.net import is_loopback
 from appliance.registry import KEEP_VERSIONS, check_keep
 from appliance.tomlconfig import check_keys, read_toml, table
+from federation.config import FederationConfig
 
 # The node-config keys the ClientApp reads (from `context.node_config`).
 NODE_KEYS = (
     *("hospital", "notes", "heldout", "note-store", "heldout-fraction", "min-new-notes"),
-    *("state-dir", "registry", "journal", "tolerance"),
+    *("state-dir", "registry", "journal", "tolerance", "require-dp", "epsilon-budget"),
 )
 # The privacy ledger the ClientApp keeps in the node's state dir (`federation.privacy`).
 LEDGER_FILE = "privacy-ledger.json"
@@ -112,6 +114,20 @@ class DaemonConfig:
         default=0.01,
         metadata={"help": "promote if candidate F1 >= current F1 - tolerance, in [0, 1]"},
     )
+    require_dp: bool = field(
+        default=False,
+        metadata={
+            "help": "train only in rounds that run DP-SGD: this hospital declines every round "
+            "whose run config has dp = false, whatever the consortium sets"
+        },
+    )
+    epsilon_budget: float = field(
+        default=8.0,
+        metadata={
+            "help": "the most epsilon (at the run's dp-delta) this hospital spends on one model "
+            "lineage: the lower of this and the run config's dp-epsilon-budget holds"
+        },
+    )
     keep_versions: int = field(
         default=KEEP_VERSIONS,
         metadata={"help": "after a promotion keep current, previous and the N newest versions"},
@@ -193,6 +209,8 @@ class DaemonConfig:
         if not 0.0 <= self.tolerance <= 1.0:
             raise ValueError(f"tolerance {self.tolerance}: must be within [0, 1]")
         check_keep(self.keep_versions, "keep_versions")
+        if not self.epsilon_budget > 0:
+            raise ValueError(f"epsilon_budget {self.epsilon_budget}: must be > 0")
         self._check_notes()
         clash = set(self.node_config) & set(NODE_KEYS)
         if clash:
@@ -239,6 +257,8 @@ class DaemonConfig:
             "registry": str(self.registry),
             "journal": str(self.journal),
             "tolerance": self.tolerance,
+            "require-dp": self.require_dp,
+            "epsilon-budget": self.epsilon_budget,
             **self.node_config,
         }
         return values
@@ -280,3 +300,17 @@ def toml_value(value: Any) -> str:
     if isinstance(value, int | float):
         return repr(value)
     return '"' + str(value).replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def node_privacy(
+    cfg: FederationConfig, node_config: Mapping[str, Any]
+) -> tuple[FederationConfig, str | None]:
+    """The run as this hospital's own policy allows it (its `node_config`): its `epsilon-budget`
+    caps the run's dp-epsilon-budget, and with `require-dp` a run without DP-SGD is declined
+    (the second value says why; None: the hospital trains)."""
+    budget = float(node_config.get("epsilon-budget", cfg.dp_epsilon_budget))
+    cfg = replace(cfg, dp_epsilon_budget=min(cfg.dp_epsilon_budget, budget))
+    required = node_config.get("require-dp", False)
+    if (required is True or str(required).lower() == "true") and not cfg.dp:
+        return cfg, "this hospital trains only with DP-SGD (require_dp); the run has dp = false"
+    return cfg, None

@@ -288,6 +288,7 @@ def test_the_notes_files_are_in_the_store_and_corrections_come_in(deployed: Depl
     daemon = next((work / "root/etc/appliance").glob("daemon.toml")).read_text()
     keys = {line.split(" = ")[0] for line in daemon.splitlines() if " = " in line}
     assert {"note_store", "min_new_notes"} <= keys and not {"notes", "heldout"} & keys
+    assert "require_dp = false" in daemon and "epsilon_budget = 8.0" in daemon
 
 
 def test_plaintext_client_is_refused_by_the_production_box(deployed: Deployed) -> None:

@@ -10,6 +10,7 @@ import pytest
 from appliance.registry import ModelRegistry
 from appliance.work_turn import TurnBusy, work_turn
 from federation.client_app import HospitalClient, hospital_node, release_node
+from federation.daemon_config import node_privacy
 from federation.journal import read_journal
 from federation.task import HospitalNode
 from tests.appliance.test_work_turn import holder
@@ -122,3 +123,21 @@ def test_a_node_declines_a_round_while_serving_exports(tiny_llama: Path, tmp_pat
     declined = [e for e in read_journal(journal) if e.event == "round_declined"]
     assert [e.fields["server_round"] for e in declined] == [3]
     assert "h's training in round 3 did not run" in declined[0].fields["reason"]
+
+
+def test_a_hospital_that_requires_dp_declines_a_round_without_it(tiny_llama: Path, tmp_path: Path):
+    journal = tmp_path / "j.jsonl"
+    node_config = {"hospital": "h", "journal": str(journal), "require-dp": True}
+    cfg, refusal = node_privacy(tiny_config(tiny_llama), node_config)
+
+    def load() -> HospitalNode:
+        raise AssertionError("a node that declines by policy loaded its model")
+
+    client = HospitalClient(cfg, node_config, load, refusal)
+    parameters = [np.ones(3, dtype=np.float32)]
+    fitted, count, metrics = client.fit(parameters, {"server-round": 2})
+    assert fitted == parameters and count == 0
+    assert "trains only with DP-SGD (require_dp)" in str(metrics["declined"])
+    declined = [e for e in read_journal(journal) if e.event == "round_declined"]
+    assert [e.fields["server_round"] for e in declined] == [2]
+    assert "the run has dp = false" in declined[0].fields["reason"]

@@ -7,15 +7,17 @@ import json
 import shutil
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
+from flwr.common.config import parse_config_args
 
 from appliance.registry import ModelRegistry
 from federation.daemon import NightlyDaemon
-from federation.daemon_config import TimeWindow, load_daemon_config
+from federation.daemon_config import TimeWindow, load_daemon_config, node_privacy
 from federation.journal import RoundJournal
-from tests.federation.helpers import daemon_config
+from tests.federation.helpers import daemon_config, tiny_config
 
 SLEEPER = (sys.executable, "-c", "import time; time.sleep(120)")
 CRASHER = (sys.executable, "-c", "raise SystemExit(3)")
@@ -80,6 +82,29 @@ def test_supernode_command_carries_tls_auth_and_nodedaemon_config(tmp_path: Path
     node_config = cmd[cmd.index("--node-config") + 1]
     assert f'notes="{tmp_path / "notes.jsonl"}"' in node_config
     assert 'hospital="hospital-a"' in node_config and "tolerance=0.01" in node_config
+    parsed = parse_config_args([node_config])  # as the SuperNode reads it
+    assert parsed["require-dp"] is False and parsed["epsilon-budget"] == 8.0
+    strict = daemon_config(tmp_path, require_dp=True, epsilon_budget=4.0).command()
+    parsed = parse_config_args([strict[strict.index("--node-config") + 1]])
+    assert parsed["require-dp"] is True and parsed["epsilon-budget"] == 4.0
+
+
+def test_a_hospitals_policy_caps_the_budget_and_can_require_dp(tiny_llama: Path):
+    run = tiny_config(tiny_llama, dp=True, dp_epsilon_budget=16.0)
+    cfg, refusal = node_privacy(run, {"epsilon-budget": 4.0, "require-dp": True})
+    assert cfg.dp_epsilon_budget == 4.0 and refusal is None
+    assert cfg == replace(run, dp_epsilon_budget=4.0)
+    cfg, refusal = node_privacy(replace(run, dp_epsilon_budget=2.0), {"epsilon-budget": 4.0})
+    assert cfg.dp_epsilon_budget == 2.0 and refusal is None  # the lower of the two holds
+    plain = replace(run, dp=False)
+    assert node_privacy(plain, {"require-dp": False}) == (plain, None)
+    for required in (True, "true"):
+        _, refusal = node_privacy(plain, {"require-dp": required})
+        assert refusal == (
+            "this hospital trains only with DP-SGD (require_dp); the run has dp = false"
+        )
+    with pytest.raises(ValueError, match="epsilon_budget 0.0: must be > 0"):
+        daemon_config(Path("/tmp"), epsilon_budget=0.0)
 
 
 def test_child_runs_only_inside_the_window(tmp_path: Path):
