@@ -3,6 +3,7 @@
 Writes benchmarks/results/core_cli.md with both commands, their JSON results and wall times.
 
     .venv/bin/python benchmarks/core_cli.py [--layers top:8] [--epochs 3] [--max-dev-notes 1000]
+        [--with-devel N] [--checkpoint FILE] [--out MD]
 """
 
 from __future__ import annotations
@@ -45,6 +46,12 @@ def main() -> None:
         help="train on train.tsv + devel.tsv, holding out the last N devel sentences as dev",
     )
     parser.add_argument("--state-dir", default=str(Path.home() / ".cache" / "appliance"))
+    parser.add_argument(
+        "--checkpoint",
+        type=Path,
+        help="`appliance train --checkpoint`: a run cut short resumes at its next epoch",
+    )
+    parser.add_argument("--out", type=Path, default=RESULT, help=f"default {RESULT.name}")
     args = parser.parse_args()
     package = (
         Path(args.state_dir)
@@ -84,6 +91,7 @@ def main() -> None:
         "--out",
         str(package),
         "--no-progress",
+        *(["--checkpoint", str(args.checkpoint)] if args.checkpoint else []),
     ]
     eval_cmd = [
         cli,
@@ -140,8 +148,8 @@ def main() -> None:
         f"trainable parameters {trained['exchange']['trainable_parameters']:,}; "
         f"{trained['exchange']['exchange_bytes'] / 1e6:.1f} MB per exchange (fp32).",
     ]
-    RESULT.write_text("\n".join(lines) + "\n")
-    print(RESULT.read_text())
+    args.out.write_text("\n".join(lines) + "\n")
+    print(args.out.read_text())
 
 
 if __name__ == "__main__":
