@@ -205,8 +205,8 @@ class HospitalNode:
         cfg, trained = self.cfg, len(self.ledger.rounds)
         if not cfg.dp_noise_multiplier and trained >= cfg.dp_rounds:
             return (
-                f"privacy budget: {trained} rounds trained of the dp-rounds {cfg.dp_rounds} "
-                f"the budget of epsilon {cfg.dp_epsilon_budget} was spread over"
+                f"privacy budget: {trained} of dp-rounds {cfg.dp_rounds} rounds trained; "
+                f"epsilon {cfg.dp_epsilon_budget} was spread over them"
             )
         if self.ledger.projected(step) > cfg.dp_epsilon_budget:
             return (
