@@ -4,6 +4,7 @@ refused when it does not fit the run."""
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 
 import numpy as np
@@ -47,6 +48,22 @@ def test_the_server_starts_round_0_from_the_warm_start_and_it_tags_entities(
     test = corpus(tmp_path / "test", 40, seed=2)
     node = HospitalNode.load(cfg, [], tmp_path / "node", "h")
     assert node.score(warm, test)["f1"] > node.score(seeded, test)["f1"] + 0.3
+
+
+def test_dp_from_the_seeded_start_is_warned_about(
+    tiny_llama: Path, tmp_path: Path, made, caplog: pytest.LogCaptureFixture
+):
+    out, _ = made
+    warned = "DP-SGD from the seeded start: noisy rounds on a few hundred notes"
+    for cfg, expected in (
+        (tiny_config(tiny_llama, dp=True), True),
+        (tiny_config(tiny_llama, dp=True, warm_start=str(out)), False),
+        (tiny_config(tiny_llama), False),
+    ):
+        caplog.clear()
+        with caplog.at_level(logging.WARNING, logger="federation.server_app"):
+            initial_global(cfg, tmp_path / "server")
+        assert (warned in caplog.text) is expected, caplog.text
 
 
 @pytest.mark.parametrize(
