@@ -141,7 +141,8 @@ def audit(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
             "seed": args.seed,
             "target": name,
             "eps_target": eps,
-            "test_f1": _test_f1(args, eps, [len(p) for p in corpus.hospitals]) if path else None,
+            "test_f1": _test_f1(args, eps, corpus) if path else None,
+            "public": len(corpus.public),
             "members": len(members),
             "references": f"warm start + {args.shadows} shadows x {args.shadow_epochs} epochs "
             f"on {len(pool) // 2} of {len(pool)} development sentences",
@@ -154,12 +155,15 @@ def audit(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
     return rows
 
 
-def _test_f1(args: argparse.Namespace, eps: float | None, hospitals: list[int]) -> float | None:
-    """The audited model's strict test F1, from the privacy benchmark's row for it."""
+def _test_f1(args: argparse.Namespace, eps: float | None, corpus: Corpus) -> float | None:
+    """The audited model's strict test F1, from the privacy benchmark's row for it (the same
+    recipe, seed, epsilon and sizes: hospitals, public part, test set)."""
     store = json.loads(PRIVACY_STORE.read_text()) if PRIVACY_STORE.exists() else {}
+    sizes = (f"hospitals {[len(p) for p in corpus.hospitals]} public {len(corpus.public)} "
+             f"test {len(corpus.test)} ")  # fmt: skip
     for row in store.get("rows", {}).values():
-        same = (row["recipe"], row["seed"], row["eps_target"], row.get("hospitals"))
-        if same == (args.recipe, args.seed, eps, hospitals):
+        same = (row["recipe"], row["seed"], row["eps_target"])
+        if same == (args.recipe, args.seed, eps) and row.get("sizes", "").startswith(sizes):
             return float(row["f1"])
     return None
 
@@ -184,18 +188,23 @@ def write(store: dict[str, Any], path: Path) -> None:
         "against it comes from the difference between training and test sentences (and, for "
         "the calibrated attack, from it being one of the references), not from membership.",
         "",
-        "| recipe | seed | target | test strict F1 | loss attack AUC | TPR at 1% FPR "
-        "| calibrated attack AUC | TPR at 1% FPR | canary exposure, planted once (mean / max) "
-        "| planted 4 times (mean / max) | references |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+        "| recipe | warm start's public sentences | seed | target | test strict F1 "
+        "| loss attack AUC | TPR at 1% FPR | calibrated attack AUC | TPR at 1% FPR "
+        "| canary exposure, planted once (mean / max) | planted 4 times (mean / max) "
+        "| references |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     order = {WARM: 0, "no DP": 1}
-    for r in sorted(rows, key=lambda r: (r["recipe"], r["seed"], order.get(r["target"], 2),
-                                         r["eps_target"] or 0)):  # fmt: skip
+
+    def place(r: dict[str, Any]) -> tuple:
+        return r["recipe"], r["public"], r["seed"], order.get(r["target"], 2), r["eps_target"] or 0
+
+    for r in sorted(rows, key=place):
         once, four = r["exposure_once"], r["exposure_4x"]
         f1 = "-" if r["test_f1"] is None else f"{r['test_f1']:.4f}"
         lines.append(
-            f"| {r['recipe']} | {r['seed']} | {r['target']} | {f1} | {r['loss']['auc']:.3f} "
+            f"| {r['recipe']} | {r['public']:,} | {r['seed']} | {r['target']} | {f1} "
+            f"| {r['loss']['auc']:.3f} "
             f"| {r['loss']['tpr_at_1pct_fpr']:.3f} | {r['calibrated']['auc']:.3f} "
             f"| {r['calibrated']['tpr_at_1pct_fpr']:.3f} "
             f"| {np.mean(once):.2f} / {max(once):.2f} | {np.mean(four):.2f} / {max(four):.2f} "
