@@ -20,7 +20,8 @@ def build_parser() -> argparse.ArgumentParser:
         prog="python -m demo",
         description=(
             "A consortium of 3 hospital boxes on this machine (SuperLink, SuperNodes, serving), "
-            "a few federated rounds on BC5CDR shards, promotion into serving, one gRPC call. "
+            "a few federated rounds with DP-SGD from a public warm start on BC5CDR shards, "
+            "promotion into serving, one gRPC call. "
             "Run from the repository root after `bash .ci/setup`."
         ),
     )
@@ -39,7 +40,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--make-warm-start",
         action="store_true",
         help=f"rebuild the public warm start the consortium starts from ({WARM_START.name}; "
-        "~15 min on 2 cores), then stop",
+        "~13 min of one core), then stop",
     )
     parser.add_argument("--keep", action="store_true", help="keep the demo folder (logs, models)")
     parser.add_argument(

@@ -24,7 +24,7 @@ def make(state_dir: Path, data: Path, out: Path = WARM_START) -> dict[str, Any]:
 
     public = read_notes(str(data / "devel.tsv")).notes[:PUBLIC_NOTES]
     cfg = replace(make_plan(quick=False).federation, warm_start="", seed=SEED)
-    say(f"training the warm start on {len(public)} public sentences, {EPOCHS} epochs (~15 min)")
+    say(f"training the warm start: {len(public)} public sentences, {EPOCHS} epochs (~13 min)")
     made = make_warm_start(cfg, public, EPOCHS, out, state_dir, batch_size=16)
     say(f"wrote {out}")
     return made
@@ -35,5 +35,5 @@ def check(path: str) -> None:
     if path and not Path(path).is_file():
         raise ValueError(
             f"{path}: the consortium's public warm start is missing; "
-            "`python -m demo --make-warm-start` rebuilds it (~15 min on 2 cores)"
+            "`python -m demo --make-warm-start` rebuilds it (~13 min of a core)"
         )
