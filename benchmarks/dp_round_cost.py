@@ -61,7 +61,7 @@ def main() -> None:
     lines = [
         "# A DP-SGD round against the same round without DP (the demo's recipe, one node)",
         "",
-        f"- command: `python benchmarks/dp_round_cost.py {shlex.join(sys.argv[1:])}`",
+        f"- command: `{shlex.join(['python', 'benchmarks/dp_round_cost.py', *sys.argv[1:]])}`",
         f"- machine: {machine()}",
         f"- date: {time.strftime('%Y-%m-%d %H:%M')}",
         f"- load average (1 min) at the start: {os.getloadavg()[0]:.1f} (other processes "
