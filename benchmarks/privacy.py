@@ -229,8 +229,7 @@ def main() -> None:
     parser.add_argument("--store", type=Path, default=STORE)
     args = parser.parse_args()
     corpus = Corpus.load(args.public, args.split_seed, args.train, args.test)
-    sizes = f"hospitals {[len(p) for p in corpus.hospitals]} public {len(corpus.public)} " \
-            f"test {len(corpus.test)} rounds {args.rounds}"  # fmt: skip
+    sizes = corpus.sizes(args.rounds)
     rows = RowStore(args.store, "python benchmarks/privacy.py " + shlex.join(sys.argv[1:]))
     for recipe in args.recipes:
         for seed in args.seeds:

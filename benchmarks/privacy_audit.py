@@ -157,13 +157,11 @@ def audit(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
 
 def _test_f1(args: argparse.Namespace, eps: float | None, corpus: Corpus) -> float | None:
     """The audited model's strict test F1, from the privacy benchmark's row for it (the same
-    recipe, seed, epsilon and sizes: hospitals, public part, test set)."""
+    recipe, seed, epsilon and sizes: hospitals, public part, test set, rounds)."""
     store = json.loads(PRIVACY_STORE.read_text()) if PRIVACY_STORE.exists() else {}
-    sizes = (f"hospitals {[len(p) for p in corpus.hospitals]} public {len(corpus.public)} "
-             f"test {len(corpus.test)} ")  # fmt: skip
+    wanted = (args.recipe, args.seed, eps, corpus.sizes(args.rounds))
     for row in store.get("rows", {}).values():
-        same = (row["recipe"], row["seed"], row["eps_target"])
-        if same == (args.recipe, args.seed, eps) and row.get("sizes", "").startswith(sizes):
+        if (row["recipe"], row["seed"], row["eps_target"], row.get("sizes")) == wanted:
             return float(row["f1"])
     return None
 

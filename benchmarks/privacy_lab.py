@@ -123,6 +123,11 @@ class Corpus:
         sizes = "-".join(str(len(p)) for p in self.hospitals)
         return f"h{sizes}-p{len(self.public)}-t{len(self.test)}-s{self.split_seed}"
 
+    def sizes(self, rounds: int) -> str:
+        """The sizes a privacy row is filed under (its key's and its `sizes` field's end)."""
+        hospitals, public, test = [len(p) for p in self.hospitals], len(self.public), len(self.test)
+        return f"hospitals {hospitals} public {public} test {test} rounds {rounds}"
+
     @classmethod
     def load(cls, public: int, split_seed: int, train: int = 0, test: int = 0) -> Corpus:
         """All training sentences (or the first `train`) over 3 hospitals, the first `public`
