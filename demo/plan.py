@@ -48,13 +48,13 @@ _CONSORTIUM = FederationConfig(
     secagg_shares=3,
     secagg_threshold=2,
     warm_start=str(WARM_START),
+    batch_size=256,
+    dp=True,
 )
 # DP-SGD at every box, on unless `--no-dp`: the recipe benchmarks/results/privacy.md measured
 # (the warm start above, Poisson batches of 256 windows). Each box calibrates its noise so that
 # its budget (epsilon 8 at delta 1e-5, the defaults) lasts dp-rounds = 10 rounds; the demo
 # runs the first 2 of them. `--no-dp` is the same recipe without DP (its measured twin).
-DP = {"dp": True, "batch_size": 256}
-NO_DP = {"dp": False, "batch_size": 256}
 # Serving runs torch-fp32: an ONNX backend exports every promoted version (~30 s a box on 2
 # cores) and a box's next round waits for that export (the work turn), so with `onnx-int8` an
 # export lies on the demo's critical path every round (benchmarks/results/demo_3rounds_*.md).
@@ -84,7 +84,7 @@ def make_plan(
     quick: bool, rounds: int | None = None, backend: str | None = None, dp: bool = True
 ) -> DemoPlan:
     plan = QUICK if quick else FULL
-    federation = replace(plan.federation, **(DP if dp else NO_DP))  # type: ignore[arg-type]
+    federation = replace(plan.federation, dp=dp)
     if rounds is not None:
         federation = replace(federation, rounds=rounds)
     return replace(plan, federation=federation, backend=backend or plan.backend)

@@ -42,12 +42,16 @@ class Progress:
         self.f1: dict[int, dict[str, float]] = {}
         self.bytes_up: dict[int, dict[str, int]] = {}
         self.bytes_down: dict[int, dict[str, int]] = {}
-        self.eps: dict[str, float] = {}  # each box's epsilon spent, after its last round
-        self.eps_by_round: dict[int, dict[str, float]] = {}
+        self.eps_by_round: dict[int, dict[str, float]] = {}  # each box's spend after round r
         self.promoted: dict[str, str] = {}
         self.last_news = time.monotonic()
         self.current_round = 0
         self.full_model_bytes = 0  # one fp32 copy of every parameter (set by the demo)
+
+    @property
+    def eps(self) -> dict[str, float]:
+        """Each box's epsilon spent after the last round it completed."""
+        return {n: e for r in sorted(self.eps_by_round) for n, e in self.eps_by_round[r].items()}
 
     def poll(self) -> None:
         """Print the journal events written since the last call (a heartbeat when quiet)."""
@@ -74,7 +78,7 @@ class Progress:
             self.bytes_down.setdefault(r, {})[name] = int(f.get("bytes_received", 0))
             eps = ""
             if "eps_spent" in f:
-                self.eps[name] = self.eps_by_round.setdefault(r, {})[name] = float(f["eps_spent"])
+                self.eps_by_round.setdefault(r, {})[name] = float(f["eps_spent"])
                 eps = f", epsilon spent {float(f['eps_spent']):.2f}"
                 if "dp_noise" in f:
                     eps += f" (noise {float(f['dp_noise']):.2f})"
