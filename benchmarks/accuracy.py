@@ -38,6 +38,7 @@ from appliance.readers import read_notes  # noqa: E402
 from appliance.training import Trainer  # noqa: E402
 from benchmarks.accuracy_report import write_report  # noqa: E402
 from benchmarks.privacy_lab import summary  # noqa: E402
+from benchmarks.recipes import plain_config  # noqa: E402
 from benchmarks.rows import RowStore  # noqa: E402
 from federation.config import FederationConfig  # noqa: E402
 from federation.task import load_for_training, seeded_start  # noqa: E402
@@ -123,7 +124,7 @@ def score(trainer: Trainer, notes: list[Note]) -> dict[str, Any]:
 
 def run_row(args: argparse.Namespace, recipe: str, size: int, seed: int) -> dict[str, Any]:
     """Train, early-stop and score one row; resumed from its epoch checkpoint when it exists."""
-    cfg = FederationConfig(seed=seed, **RECIPES[recipe][0])
+    cfg = plain_config(seed=seed, **RECIPES[recipe][0])
     splits = {n: read_notes(str(DATA / f"{n}.tsv")).notes for n in ("train", "devel", "test")}
     splits["devel"] = splits["devel"][: args.dev_notes or None]
     splits["test"] = splits["test"][: args.test_notes or None]

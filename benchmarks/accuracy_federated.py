@@ -36,6 +36,7 @@ from appliance.notes import Note  # noqa: E402
 from appliance.readers import read_notes  # noqa: E402
 from benchmarks.accuracy import RECIPES  # noqa: E402
 from benchmarks.privacy_lab import RoundCheckpoint, Scorer, share_prefix_cache  # noqa: E402
+from benchmarks.recipes import plain_config  # noqa: E402
 from benchmarks.rows import RowStore  # noqa: E402
 from federation.config import FederationConfig  # noqa: E402
 from federation.partition import partition  # noqa: E402
@@ -122,8 +123,8 @@ def main() -> None:
     )
     sizes = f"train {len(train)} test {len(test)} rounds {args.rounds} batch {args.batch_size}"
     for seed in args.seeds:
-        cfg = FederationConfig(seed=seed, rounds=args.rounds, batch_size=args.batch_size,
-                               compression="none", **RECIPES[args.recipe][0])  # fmt: skip
+        cfg = plain_config(seed=seed, rounds=args.rounds, batch_size=args.batch_size,
+                           compression="none", **RECIPES[args.recipe][0])  # fmt: skip
         for where in ["centralized", *(f"{n} hospitals" for n in args.hospitals)]:
             key = f"{args.recipe} | {where} | seed {seed} | {sizes}"
             if rows.has(key):

@@ -35,6 +35,7 @@ from appliance.notes import Note  # noqa: E402
 from appliance.readers import read_notes  # noqa: E402
 from benchmarks.core import machine  # noqa: E402
 from benchmarks.experiments_report import write_experiment  # noqa: E402
+from benchmarks.recipes import plain_config  # noqa: E402
 from federation.config import FederationConfig  # noqa: E402
 from federation.partition import partition  # noqa: E402
 
@@ -59,7 +60,7 @@ class Lab:
         self.store: dict[str, Any] = json.loads(STORE.read_text()) if STORE.exists() else {}
         self.store.setdefault("runs", {})
         self.store.setdefault("experiments", {})
-        self.base = FederationConfig(rounds=args.rounds, layers="top:8", min_nodes=3)
+        self.base = plain_config(rounds=args.rounds, layers="top:8", min_nodes=3)
 
     def split(self, scheme: str) -> list[list[Note]]:
         return partition(self.train, 3, scheme, alpha=0.5, seed=self.args.split_seed)

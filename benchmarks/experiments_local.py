@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 
 from appliance.notes import Note
+from benchmarks.recipes import plain_changes, plain_config
 from federation.config import FederationConfig
 from federation.privacy import DPSGDPolicy
 
@@ -32,7 +33,7 @@ def train_and_score(
     (strict entity F1 for NER; F1, precision, recall and accuracy for the sentence task)."""
     from federation.task import HospitalNode
 
-    cfg = FederationConfig(layers=spec, local_epochs=max(epochs, 1), task=task)
+    cfg = plain_config(layers=spec, local_epochs=max(epochs, 1), task=task)
     tag = f"{spec}{len(notes)}{epochs}" + ("" if task == "ner" else task)
     name = hashlib.sha256(tag.encode()).hexdigest()[:12]
     node = HospitalNode.load(cfg, list(notes), state_dir / "experiments" / "local" / name,
@@ -45,10 +46,8 @@ def train_and_score(
 
 
 def settings_key(cfg: FederationConfig) -> str:
-    """The settings that differ from the defaults (a key that survives new config fields)."""
-    default = FederationConfig()
-    changed = {k: v for k, v in vars(cfg).items() if getattr(default, k) != v}
-    return json.dumps(changed, sort_keys=True, default=str)
+    """The settings that differ from the plain recipe (a key that survives new config fields)."""
+    return json.dumps(dict(plain_changes(cfg)), sort_keys=True, default=str)
 
 
 def noise_for(epsilon: float, delta: float, windows: int, cfg: FederationConfig) -> float:

@@ -32,6 +32,7 @@ from appliance.model import load_model  # noqa: E402
 from appliance.readers import read_notes  # noqa: E402
 from appliance.training import Trainer  # noqa: E402
 from benchmarks.core import machine  # noqa: E402
+from benchmarks.recipes import plain_config  # noqa: E402
 from federation.config import FederationConfig  # noqa: E402
 from federation.partition import partition  # noqa: E402
 from federation.simulation import simulate  # noqa: E402
@@ -105,9 +106,7 @@ def centralized(args: argparse.Namespace, train: list, test: list, seed: int) ->
 
 def run(name: str, args: argparse.Namespace, train: list, test: list) -> dict[str, Any]:
     split, overrides = CONFIGS[name]
-    cfg = FederationConfig(
-        rounds=args.rounds, local_epochs=1, layers="top:8", min_nodes=3, **overrides
-    )
+    cfg = plain_config(rounds=args.rounds, local_epochs=1, layers="top:8", min_nodes=3, **overrides)
     parts = partition(train, 3, split, alpha=0.5, seed=13)
     started = time.perf_counter()
     state = args.state_dir / "federation" / split

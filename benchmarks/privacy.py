@@ -40,6 +40,7 @@ from benchmarks.privacy_lab import (  # noqa: E402
     warm_start,
 )
 from benchmarks.privacy_report import write_report  # noqa: E402
+from benchmarks.recipes import plain_config  # noqa: E402
 from benchmarks.rows import RowStore  # noqa: E402
 from federation.config import FederationConfig  # noqa: E402
 from federation.simulation import RoundRecord, simulate  # noqa: E402
@@ -142,8 +143,8 @@ SUBSPACE: dict[str, dict[str, Any]] = {
 def base_config(args: argparse.Namespace, recipe: str, seed: int) -> FederationConfig:
     overrides = RECIPES[recipe][0]
     settings = {"layers": "top:8", **overrides}
-    return FederationConfig(rounds=args.rounds, min_nodes=3, seed=seed, compression="none",
-                            dp_delta=DELTA, **settings)  # fmt: skip
+    return plain_config(rounds=args.rounds, min_nodes=3, seed=seed, compression="none",
+                        dp_delta=DELTA, **settings)  # fmt: skip
 
 
 def recipe_warm_start(

@@ -14,7 +14,7 @@ import argparse
 import hashlib
 import json
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +29,7 @@ from appliance.evaluation import evaluate_predictions, word_tags
 from appliance.inference import window_log_probs
 from appliance.notes import EntitySpan, Note
 from appliance.readers import read_notes
+from benchmarks.recipes import plain_changes
 from federation.config import FederationConfig, without_dp
 from federation.daemon_config import LEDGER_FILE
 from federation.partition import partition
@@ -206,9 +207,8 @@ def warm_start(
     public_cfg = without_dp(  # a DP row and its no-DP twin share their warm start
         cfg, local_epochs=epochs, batch_size=16, rounds=1, compression="none"
     )
-    # keyed by the settings that differ from the defaults: a new config field keeps the key
-    changed = [(f.name, getattr(public_cfg, f.name)) for f in fields(public_cfg)
-               if getattr(public_cfg, f.name) != f.default]  # fmt: skip
+    # keyed by the settings that differ from the plain recipe: new fields keep the key
+    changed = plain_changes(public_cfg)
     settings = json.dumps([repr(changed), len(public), public[0].text if public else ""])
     key = hashlib.sha256(settings.encode()).hexdigest()[:16]
     path = state_dir / f"warm-{key}.npz"

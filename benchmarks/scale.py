@@ -40,7 +40,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from appliance.package_meta import read_package_meta, verified_weights_sha256  # noqa: E402
 from benchmarks.llama_1b_shape import make_llama_1b_shape  # noqa: E402
-from benchmarks.scale_federation import federated_round, run_config  # noqa: E402
+from benchmarks.scale_federation import default_config, federated_round, run_config  # noqa: E402
 from benchmarks.scale_report import write_report  # noqa: E402
 from benchmarks.serving import CLI, build_notes, machine, run_backend, summarize  # noqa: E402
 from benchmarks.tree_memory import TreePeak  # noqa: E402
@@ -210,10 +210,13 @@ def one_model(name: str, base: str, args: argparse.Namespace) -> dict[str, Any]:
     out["rounds"] = {}
     for spec in args.rounds:
         print(f"[scale] {name}: federated round {spec}", file=sys.stderr, flush=True)
-        mode, compression, *optimizer = spec.split("+")
         work = state / f"round-{spec.replace('+', '-')}"
         _clear(work)
-        cfg = run_config(base, mode, compression, "auto", *optimizer)
+        if spec == "default":
+            cfg = default_config(base)
+        else:
+            mode, compression, *optimizer = spec.split("+")
+            cfg = run_config(base, mode, compression, "auto", *optimizer)
         out["rounds"][spec] = federated_round(
             base, args.state_dir, work, cfg, args.round_notes, args.round_heldout
         )
@@ -254,13 +257,14 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--train-notes", type=int, default=32)
     parser.add_argument("--serve-notes", type=int, default=16)
-    parser.add_argument("--backends", nargs="+", default=["onnx-int4", "onnx-int8"])
+    parser.add_argument("--backends", nargs="*", default=["onnx-int4", "onnx-int8"])
     parser.add_argument("--models", nargs="+", default=["embedded", "llama-1b-shape"])
     parser.add_argument(
         "--rounds",
         nargs="*",
         default=["layers+int8+adafactor", "lora+none"],
-        help="federated rounds to run, MODE+COMPRESSION[+OPTIMIZER] each (default adamw)",
+        help="federated rounds to run, MODE+COMPRESSION[+OPTIMIZER] each (default adamw) of "
+        "the plain recipe, or `default`: the federation's defaults (DP-SGD, LoRA r16)",
     )
     parser.add_argument("--round-notes", type=int, default=16, help="training notes per node")
     parser.add_argument("--round-heldout", type=int, default=16, help="held-out notes per node")

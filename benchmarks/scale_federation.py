@@ -25,6 +25,7 @@ sys.path.insert(0, str(ROOT))
 
 from appliance.readers import read_notes  # noqa: E402
 from appliance.writers import write_conll  # noqa: E402
+from benchmarks.recipes import plain_config  # noqa: E402
 from benchmarks.tree_memory import TreePeak  # noqa: E402
 from demo.consortium import Consortium  # noqa: E402
 from demo.federated import one_core_each  # noqa: E402
@@ -42,7 +43,7 @@ def run_config(
     base: str, mode: str, compression: str, quantization: str, optimizer: str = "adamw"
 ) -> FederationConfig:
     """One round of `top:8` in `mode`, both nodes needed, the frozen part as asked."""
-    return FederationConfig(
+    return plain_config(
         base=base,
         attention="causal",
         mode=mode,
@@ -52,6 +53,14 @@ def run_config(
         rounds=1,
         min_nodes=len(HOSPITALS),
         round_timeout_s=3600.0,
+    )
+
+
+def default_config(base: str) -> FederationConfig:
+    """One round of the federation's defaults (DP-SGD on LoRA r16 of `top:8`, Poisson batches of
+    256), both nodes needed, the frozen part as `auto` loads it."""
+    return FederationConfig(
+        base=base, attention="causal", rounds=1, min_nodes=len(HOSPITALS), round_timeout_s=3600.0
     )
 
 

@@ -259,6 +259,7 @@ class ConsortiumDemo:
             "runtime_port": box.runtime_port,
             "metrics_port": box.daemon_metrics,
             "poll_s": 1.0,
+            "require_dp": self.plan.federation.dp,  # --no-dp: the boxes train without DP too
         }
         node_config: dict[str, Any] = {'"bases-dir"': str(self.state_dir)}
         tables = {"daemon": values, "daemon.node_config": node_config}

@@ -32,24 +32,16 @@ class DemoPlan:
         return self.federation.rounds
 
 
-# LoRA r16 on the top 8 layers (the best federated setting in benchmarks/results/federation.md)
-# from the consortium's public warm start, and SecAgg+ on the server; all 3 boxes must answer
-# each round.
+# The federation's defaults (DP-SGD on LoRA r16 adapters of the top 8 layers, Poisson batches of
+# 256) from the consortium's public warm start, and SecAgg+ on the server; all 3 boxes must
+# answer each round.
 _CONSORTIUM = FederationConfig(
-    mode="lora",
-    layers="top:8",
-    lora_rank=16,
-    lora_alpha=32,
-    learning_rate=3e-3,
-    head_learning_rate=3e-3,
     min_nodes=3,
     round_timeout_s=900.0,
     secagg=True,
     secagg_shares=3,
     secagg_threshold=2,
     warm_start=str(WARM_START),
-    batch_size=256,
-    dp=True,
 )
 # DP-SGD at every box, on unless `--no-dp`: the recipe benchmarks/results/privacy.md measured
 # (the warm start above, Poisson batches of 256 windows). Each box calibrates its noise so that

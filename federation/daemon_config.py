@@ -115,10 +115,11 @@ class DaemonConfig:
         metadata={"help": "promote if candidate F1 >= current F1 - tolerance, in [0, 1]"},
     )
     require_dp: bool = field(
-        default=False,
+        default=True,
         metadata={
             "help": "train only in rounds that run DP-SGD: this hospital declines every round "
-            "whose run config has dp = false, whatever the consortium sets"
+            "whose run config has dp = false, whatever the consortium sets (false: it also "
+            "trains in rounds without DP)"
         },
     )
     epsilon_budget: float = field(

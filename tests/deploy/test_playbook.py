@@ -288,7 +288,7 @@ def test_the_notes_files_are_in_the_store_and_corrections_come_in(deployed: Depl
     daemon = next((work / "root/etc/appliance").glob("daemon.toml")).read_text()
     keys = {line.split(" = ")[0] for line in daemon.splitlines() if " = " in line}
     assert {"note_store", "min_new_notes"} <= keys and not {"notes", "heldout"} & keys
-    assert "require_dp = false" in daemon and "epsilon_budget = 8.0" in daemon
+    assert "require_dp = true" in daemon and "epsilon_budget = 8.0" in daemon
 
 
 def test_plaintext_client_is_refused_by_the_production_box(deployed: Deployed) -> None:
@@ -350,7 +350,7 @@ def test_systemd_analyze_verifies_every_rendered_unit(deployed: Deployed) -> Non
     round_unit = (work / "root/etc/systemd/system/appliance-round.service").read_text()
     exec_start = next(line for line in round_unit.splitlines() if line.startswith("ExecStart="))
     argv = shlex.split(exec_start.removeprefix("ExecStart="))  # systemd quotes words the same way
-    assert argv[argv.index("--run-config") + 1] == "mode='layers' layers='top:8' rounds=3"
+    assert argv[argv.index("--run-config") + 1] == "rounds=3"
     assert argv[-1] == "--stream"
 
 

@@ -19,6 +19,8 @@ def corpus(root: Path, count: int, seed: int) -> list[Note]:
 def tiny_config(base: Path, **overrides: object) -> FederationConfig:
     values: dict[str, object] = dict(
         base=str(base),
+        mode="layers",
+        dp=False,  # a test about DP turns it on
         layers="top:2",
         rounds=2,
         local_epochs=2,

@@ -83,10 +83,10 @@ def test_supernode_command_carries_tls_auth_and_nodedaemon_config(tmp_path: Path
     assert f'notes="{tmp_path / "notes.jsonl"}"' in node_config
     assert 'hospital="hospital-a"' in node_config and "tolerance=0.01" in node_config
     parsed = parse_config_args([node_config])  # as the SuperNode reads it
-    assert parsed["require-dp"] is False and parsed["epsilon-budget"] == 8.0
-    strict = daemon_config(tmp_path, require_dp=True, epsilon_budget=4.0).command()
-    parsed = parse_config_args([strict[strict.index("--node-config") + 1]])
-    assert parsed["require-dp"] is True and parsed["epsilon-budget"] == 4.0
+    assert parsed["require-dp"] is True and parsed["epsilon-budget"] == 8.0  # the defaults
+    lax = daemon_config(tmp_path, require_dp=False, epsilon_budget=4.0).command()
+    parsed = parse_config_args([lax[lax.index("--node-config") + 1]])
+    assert parsed["require-dp"] is False and parsed["epsilon-budget"] == 4.0
 
 
 def test_a_hospitals_policy_caps_the_budget_and_can_require_dp(tiny_llama: Path):

@@ -115,10 +115,10 @@ def test_the_cosine_schedule_decays_the_rates_over_the_rounds(tiny_llama: Path, 
 @pytest.mark.parametrize(
     ("overrides", "parameters", "resolved"),
     [
-        ({}, 1_236_000_000, "int8"),  # layers at the LLaMA 3.2-1B size: int8 deltas
-        ({}, 135_000_000, "none"),  # the embedded model: fp32
+        ({"mode": "layers"}, 1_236_000_000, "int8"),  # layers at the 1B size: int8 deltas
+        ({"mode": "layers"}, 135_000_000, "none"),  # the embedded model: fp32
         ({"mode": "full"}, 1_236_000_000, "int8"),
-        ({"mode": "lora"}, 1_236_000_000, "none"),  # adapters are small already
+        ({}, 1_236_000_000, "none"),  # the default, LoRA: adapters are small already
         ({"secagg": True, "min_nodes": 3}, 1_236_000_000, "none"),
         ({"client_dp": "client-fixed"}, 1_236_000_000, "none"),
         ({"compression": "fp16"}, 1_236_000_000, "fp16"),  # asked for, kept

@@ -26,6 +26,7 @@ def made(tiny_llama: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Pa
     args = ["federate", "warm-start", "--notes", str(public), "--out", str(out), "--epochs", "4",
             "--batch-size", "8", "--state-dir", str(root / "state"),
             "--run-config", f'base="{tiny_llama}"', "--run-config", "layers=top:2",
+            "--run-config", "mode=layers",
             "--run-config", "head-learning-rate=0.01",
             "--run-config", "learning-rate=0.003"]  # fmt: skip
     assert main(args) == 0
