@@ -31,12 +31,12 @@ from federation.warm_start import SETTINGS, load_warm_start
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def tiny_plan(base: Path, rounds: int) -> DemoPlan:
-    """The full demo's consortium (LoRA, DP-SGD with calibrated noise, SecAgg+) on the tiny
-    Llama and ~20 notes a box, from the seeded start (the shipped warm start is the embedded
-    model's)."""
+def tiny_plan(base: Path, rounds: int, dp: bool = True) -> DemoPlan:
+    """The full demo's consortium (LoRA, DP-SGD with calibrated noise unless `dp` is false,
+    SecAgg+) on the tiny Llama and ~20 notes a box, from the seeded start (the shipped warm start
+    is the embedded model's)."""
     federation = replace(
-        make_plan(quick=False).federation,
+        make_plan(quick=False, dp=dp).federation,
         base=str(base),
         layers="top:2",
         lora_rank=4,
@@ -101,6 +101,7 @@ def test_demo_trains_promotes_serves_and_stops_everything(
     assert f"entities found by model version {current.version}" in out
     assert "rounds (strict entity F1" in out and "privacy spent (epsilon at delta" in out
     assert "each box's noise calibrated so that its budget lasts 10 rounds" in out
+    assert "require_dp = true" in (work / "hospital-b" / "daemon.toml").read_text()
     assert json.loads((work / "summary.json").read_text())["rounds"] == json.loads(
         json.dumps(summary["rounds"])
     )
@@ -113,7 +114,8 @@ import sys
 from pathlib import Path
 from demo.federated import ConsortiumDemo
 from tests.federation.test_demo import tiny_plan
-ConsortiumDemo(tiny_plan(Path(sys.argv[1]), rounds=50), Path(sys.argv[2]), Path(sys.argv[3])).run()
+plan = tiny_plan(Path(sys.argv[1]), rounds=50, dp=False)  # --no-dp
+ConsortiumDemo(plan, Path(sys.argv[2]), Path(sys.argv[3])).run()
 """
 
 
@@ -138,6 +140,8 @@ def test_ctrl_c_stops_every_process_the_demo_started(tiny_llama: Path, tmp_path:
             if "training on its own notes" in line:
                 break
         assert len(processes_of(work)) >= 8, "".join(lines)  # link, daemons, nodes, serving
+        # --no-dp: the boxes train in rounds without DP too (their default requires it)
+        assert "require_dp = false" in (work / "hospital-a" / "daemon.toml").read_text()
         proc.send_signal(signal.SIGINT)
         rest, _ = proc.communicate(timeout=120)
         assert proc.returncode != 0
