@@ -110,6 +110,9 @@ def _node_peak(m: dict[str, Any]) -> tuple[str, float, float]:
 def plan_lines(models: dict[str, Any]) -> list[str]:
     out = []
     for name, m in models.items():
+        if not m["serve"]:
+            out.append(f"- {name}: no serving backend measured in this run (`--backends`), no plan")
+            continue
         backend = SERVING_BACKEND if SERVING_BACKEND in m["serve"] else next(iter(m["serve"]))
         serving = m["serve"][backend]["peak_rss_mb"]
         export_rss, export_anon = _peaks(m["export"][backend]["run"])
