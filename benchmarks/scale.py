@@ -29,7 +29,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -212,8 +212,10 @@ def one_model(name: str, base: str, args: argparse.Namespace) -> dict[str, Any]:
         print(f"[scale] {name}: federated round {spec}", file=sys.stderr, flush=True)
         work = state / f"round-{spec.replace('+', '-')}"
         _clear(work)
-        if spec == "default":
+        if spec.startswith("default"):  # default, or default+mbN: micro-batches of N windows
             cfg = default_config(base)
+            for option in spec.split("+")[1:]:
+                cfg = replace(cfg, micro_batch_size=int(option.removeprefix("mb")))
         else:
             mode, compression, *optimizer = spec.split("+")
             cfg = run_config(base, mode, compression, "auto", *optimizer)
@@ -264,7 +266,8 @@ def main() -> None:
         nargs="*",
         default=["layers+int8+adafactor", "lora+none"],
         help="federated rounds to run, MODE+COMPRESSION[+OPTIMIZER] each (default adamw) of "
-        "the plain recipe, or `default`: the federation's defaults (DP-SGD, LoRA r16)",
+        "the plain recipe, or `default`: the federation's defaults (DP-SGD, LoRA r16; "
+        "`default+mb8`: with micro-batches of 8 windows)",
     )
     parser.add_argument("--round-notes", type=int, default=16, help="training notes per node")
     parser.add_argument("--round-heldout", type=int, default=16, help="held-out notes per node")

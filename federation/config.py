@@ -92,6 +92,14 @@ class FederationConfig:
         default=256,
         metadata={"help": "windows per optimizer step (with dp: the expected Poisson batch)"},
     )
+    micro_batch_size: int = field(
+        default=32,
+        metadata={
+            "help": "windows per forward and backward pass: a batch is computed this many at a "
+            "time and its gradients summed; under dp the per-sample gradients and the inputs "
+            "Opacus keeps grow with it (LLaMA 3.2-1B shape, LoRA r16: docs/memory-budgets.md)"
+        },
+    )
     learning_rate: float = field(
         default=3e-3, metadata={"help": "peak learning rate of the trained layers or adapters"}
     )
@@ -261,6 +269,7 @@ class FederationConfig:
             "rounds",
             "local_epochs",
             "batch_size",
+            "micro_batch_size",
             "max_tokens",
             "lora_rank",
             "int8_block",

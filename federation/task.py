@@ -140,6 +140,7 @@ class HospitalNode:
             labels=c.labels,
             epochs=c.local_epochs,
             batch_size=c.batch_size,
+            micro_batch_size=c.micro_batch_size,
             learning_rate=c.learning_rate * factor,
             head_learning_rate=c.head_learning_rate * factor,
             patience=c.local_epochs + 1,

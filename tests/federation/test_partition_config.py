@@ -73,6 +73,8 @@ def test_run_config_round_trip_and_errors(tmp_path: Path):
         FederationConfig(dp_noise_multiplier=-1.0)
     with pytest.raises(ValueError, match="dp-rounds must be > 0, got 0"):
         FederationConfig(dp_rounds=0)
+    with pytest.raises(ValueError, match="micro-batch-size must be > 0, got 0"):
+        FederationConfig(micro_batch_size=0)
 
 
 def test_a_large_base_trains_on_nf4_unless_configured():
@@ -105,9 +107,12 @@ def test_the_cosine_schedule_decays_the_rates_over_the_rounds(tiny_llama: Path, 
     from federation.task import HospitalNode
     from tests.federation.helpers import tiny_config
 
-    cfg = tiny_config(tiny_llama, rounds=5, lr_schedule="cosine", lr_min_fraction=0.2)
+    cfg = tiny_config(
+        tiny_llama, rounds=5, lr_schedule="cosine", lr_min_fraction=0.2, micro_batch_size=4
+    )
     node = HospitalNode.load(cfg, [], tmp_path / "node", "h")
     last = node._train_config(5)
+    assert last.micro_batch_size == 4  # the run's, not training's default
     assert last.learning_rate == pytest.approx(cfg.learning_rate * 0.2)
     assert last.head_learning_rate == pytest.approx(cfg.head_learning_rate * 0.2)
 
