@@ -18,6 +18,7 @@ CLIENT_DP = ("none", "client-fixed")
 DP_CLIPPING = ("flat", "per-layer")
 FROZEN_QUANTIZATIONS = ("auto", "none", "nf4")
 LARGE_BASE_PARAMETERS = 500_000_000  # the `auto`s: a base this large trains on NF4, sends int8
+LARGE_BASE_MICRO_BATCH = 8  # and computes 8 windows at a time (results/scale_default_1b*)
 
 
 @dataclass(frozen=True)
@@ -93,11 +94,12 @@ class FederationConfig:
         metadata={"help": "windows per optimizer step (with dp: the expected Poisson batch)"},
     )
     micro_batch_size: int = field(
-        default=32,
+        default=0,
         metadata={
             "help": "windows per forward and backward pass: a batch is computed this many at a "
             "time and its gradients summed; under dp the per-sample gradients and the inputs "
-            "Opacus keeps grow with it (LLaMA 3.2-1B shape, LoRA r16: docs/memory-budgets.md)"
+            "Opacus keeps grow with it. 0: auto, 8 for a base of 500M parameters or more (a DP "
+            "round of the defaults at the LLaMA 3.2-1B shape: 3.4 GiB at 8, 8.9 at 32), else 32"
         },
     )
     learning_rate: float = field(
@@ -269,7 +271,6 @@ class FederationConfig:
             "rounds",
             "local_epochs",
             "batch_size",
-            "micro_batch_size",
             "max_tokens",
             "lora_rank",
             "int8_block",
@@ -289,6 +290,8 @@ class FederationConfig:
             raise ValueError(f"local-fraction {self.local_fraction}: must be in (0, 1]")
         if not 0 < self.lr_min_fraction <= 1:
             raise ValueError(f"lr-min-fraction {self.lr_min_fraction}: must be in (0, 1]")
+        if self.micro_batch_size < 0:
+            raise ValueError(f"micro-batch-size {self.micro_batch_size}: must be >= 0 (0: auto)")
         if not 0 < self.topk_fraction <= 1:
             raise ValueError(f"topk-fraction {self.topk_fraction}: must be in (0, 1]")
         _check_dp(self)
@@ -329,14 +332,20 @@ class FederationConfig:
         return "nf4" if large or (self.mode == "lora" and gpu) else "none"
 
     def for_base(self, parameters: int) -> FederationConfig:
-        """This configuration with `compression` resolved for a base of `parameters`: at the
-        LLaMA 3.2-1B size an fp32 exchange of `top:8` is 1.95 GB each way, int8 deltas 0.52 GB
-        (benchmarks/results/scale.md). Server and nodes resolve it alike, from the base's config."""
-        if self.compression != "auto":
-            return self
-        large = parameters >= LARGE_BASE_PARAMETERS and self.mode in ("layers", "full")
-        plain = self.secagg or self.client_dp != "none"
-        return replace(self, compression="int8" if large and not plain else "none")
+        """This configuration with `compression` and `micro_batch_size` resolved for a base of
+        `parameters`: at the LLaMA 3.2-1B size an fp32 exchange of `top:8` is 1.95 GB each way,
+        int8 deltas 0.52 GB (benchmarks/results/scale.md), and a DP round of micro-batches of 32
+        windows peaks at 8.9 GiB, of 8 at 3.4 GiB. Server and nodes resolve it alike, from the
+        base's config."""
+        cfg = self
+        if cfg.micro_batch_size == 0:
+            large_base = parameters >= LARGE_BASE_PARAMETERS
+            cfg = replace(cfg, micro_batch_size=LARGE_BASE_MICRO_BATCH if large_base else 32)
+        if cfg.compression != "auto":
+            return cfg
+        large = parameters >= LARGE_BASE_PARAMETERS and cfg.mode in ("layers", "full")
+        plain = cfg.secagg or cfg.client_dp != "none"
+        return replace(cfg, compression="int8" if large and not plain else "none")
 
     @property
     def spec(self) -> str:

@@ -73,8 +73,8 @@ def test_run_config_round_trip_and_errors(tmp_path: Path):
         FederationConfig(dp_noise_multiplier=-1.0)
     with pytest.raises(ValueError, match="dp-rounds must be > 0, got 0"):
         FederationConfig(dp_rounds=0)
-    with pytest.raises(ValueError, match="micro-batch-size must be > 0, got 0"):
-        FederationConfig(micro_batch_size=0)
+    with pytest.raises(ValueError, match=r"micro-batch-size -1: must be >= 0 \(0: auto\)"):
+        FederationConfig(micro_batch_size=-1)
 
 
 def test_a_large_base_trains_on_nf4_unless_configured():
@@ -133,3 +133,11 @@ def test_auto_compression_follows_the_base_size_and_the_run(overrides, parameter
     cfg = FederationConfig(**overrides)
     assert FederationConfig().compression == "auto"
     assert cfg.for_base(parameters).compression == resolved
+
+
+def test_auto_micro_batch_is_8_windows_on_a_large_base():
+    assert FederationConfig().micro_batch_size == 0  # auto
+    assert FederationConfig().for_base(1_236_000_000).micro_batch_size == 8
+    assert FederationConfig().for_base(135_000_000).micro_batch_size == 32
+    asked = FederationConfig(micro_batch_size=16, compression="fp16")
+    assert asked.for_base(1_236_000_000).micro_batch_size == 16  # asked for, kept
