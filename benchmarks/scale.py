@@ -29,7 +29,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -213,9 +213,7 @@ def one_model(name: str, base: str, args: argparse.Namespace) -> dict[str, Any]:
         work = state / f"round-{spec.replace('+', '-')}"
         _clear(work)
         if spec.startswith("default"):  # default, or default+mbN: micro-batches of N windows
-            cfg = default_config(base)
-            for option in spec.split("+")[1:]:
-                cfg = replace(cfg, micro_batch_size=int(option.removeprefix("mb")))
+            cfg = default_config(base, int(spec.removeprefix("default").removeprefix("+mb") or 0))
         else:
             mode, compression, *optimizer = spec.split("+")
             cfg = run_config(base, mode, compression, "auto", *optimizer)

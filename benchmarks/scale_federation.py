@@ -39,29 +39,27 @@ HOSPITALS = ("hospital-a", "hospital-b")
 NODE_NICE = 10
 
 
+# What every measured round shares: one round, causal attention, both nodes needed.
+ROUND: dict[str, Any] = {
+    "attention": "causal",
+    "rounds": 1,
+    "min_nodes": len(HOSPITALS),
+    "round_timeout_s": 3600.0,
+}
+
+
 def run_config(
     base: str, mode: str, compression: str, quantization: str, optimizer: str = "adamw"
 ) -> FederationConfig:
     """One round of `top:8` in `mode`, both nodes needed, the frozen part as asked."""
-    return plain_config(
-        base=base,
-        attention="causal",
-        mode=mode,
-        compression=compression,
-        frozen_quantization=quantization,
-        optimizer=optimizer,
-        rounds=1,
-        min_nodes=len(HOSPITALS),
-        round_timeout_s=3600.0,
-    )
+    return plain_config(base=base, mode=mode, compression=compression,
+                        frozen_quantization=quantization, optimizer=optimizer, **ROUND)  # fmt: skip
 
 
-def default_config(base: str) -> FederationConfig:
+def default_config(base: str, micro_batch_size: int = 0) -> FederationConfig:
     """One round of the federation's defaults (DP-SGD on LoRA r16 of `top:8`, Poisson batches of
-    256), both nodes needed, the frozen part as `auto` loads it."""
-    return FederationConfig(
-        base=base, attention="causal", rounds=1, min_nodes=len(HOSPITALS), round_timeout_s=3600.0
-    )
+    256), both nodes needed, the frozen part as `auto` loads it; `micro_batch_size` 0: auto."""
+    return FederationConfig(base=base, micro_batch_size=micro_batch_size, **ROUND)
 
 
 def local_training(args: argparse.Namespace) -> dict[str, Any]:

@@ -7,7 +7,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, fields, replace
 from typing import Any
 
-from appliance.config import OPTIMIZERS
+from appliance.config import OPTIMIZERS, TrainConfig
 
 MODES = ("layers", "lora", "full")
 TASKS = ("ner", "sentence")
@@ -337,15 +337,16 @@ class FederationConfig:
         int8 deltas 0.52 GB (benchmarks/results/scale.md), and a DP round of micro-batches of 32
         windows peaks at 8.9 GiB, of 8 at 3.4 GiB. Server and nodes resolve it alike, from the
         base's config."""
+        large = parameters >= LARGE_BASE_PARAMETERS
         cfg = self
-        if cfg.micro_batch_size == 0:
-            large_base = parameters >= LARGE_BASE_PARAMETERS
-            cfg = replace(cfg, micro_batch_size=LARGE_BASE_MICRO_BATCH if large_base else 32)
+        if cfg.micro_batch_size == 0:  # auto: 8 on a large base, else training's default
+            micro = LARGE_BASE_MICRO_BATCH if large else TrainConfig.micro_batch_size
+            cfg = replace(cfg, micro_batch_size=micro)
         if cfg.compression != "auto":
             return cfg
-        large = parameters >= LARGE_BASE_PARAMETERS and cfg.mode in ("layers", "full")
+        whole_layers = large and cfg.mode in ("layers", "full")
         plain = cfg.secagg or cfg.client_dp != "none"
-        return replace(cfg, compression="int8" if large and not plain else "none")
+        return replace(cfg, compression="int8" if whole_layers and not plain else "none")
 
     @property
     def spec(self) -> str:
