@@ -90,9 +90,9 @@ def batch_loss(
 ) -> torch.Tensor:
     """Token cross-entropy of one batch, from cached prefix states when given: the mean over
     labelled tokens, weighted by tag (`cfg.o_weight`) and label-smoothed
-    (`cfg.label_smoothing`) when `cfg` asks for it. With `per_window` it is the mean over
-    windows of each window's own token mean instead, so a window's gradient depends on that
-    window alone, whatever else shares its batch (what DP-SGD's per-sample clipping needs)."""
+    (`cfg.label_smoothing`) when `cfg` asks for it. With `per_window` it is each window's own
+    token mean instead (one loss per window), so a window's gradient depends on that window
+    alone, whatever else shares its batch (what DP-SGD's per-sample clipping needs)."""
     ids, mask, labels = collate_ids(windows, int(loaded.tokenizer.pad_token_id))
     if states is not None:
         logits = logits_from(loaded.model, collate_states(states), mask, first_layer)
@@ -113,4 +113,4 @@ def batch_loss(
         kept = kept * weight[labels.clamp(min=0)]
     if not per_window:
         return tokens.sum() / kept.sum()
-    return (tokens.sum(1) / kept.sum(1).clamp(min=1e-12)).mean()
+    return tokens.sum(1) / kept.sum(1).clamp(min=1e-12)

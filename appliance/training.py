@@ -102,6 +102,11 @@ class StepPolicy(Protocol):
         """Called after each optimizer step (e.g. to account privacy)."""
         ...
 
+    def backward(self, losses: torch.Tensor, extra: torch.Tensor | float) -> None:
+        """The backward pass of one micro-batch from each window's own loss (`losses`, one per
+        window) and the `extra_loss` term (0.0 for none)."""
+        ...
+
     def accumulate(self, optimizer: torch.optim.Optimizer) -> None:
         """Called between the micro-batches of one batch: gather what the last backward pass
         gave (e.g. clip each sample's gradient and add it up) without taking a step."""
@@ -307,8 +312,9 @@ class Trainer:
         """One optimizer step on `batch`, computed `micro_batch_size` windows at a time (shortest
         first, so little padding); returns the batch's mean token loss. Plain steps weight each
         micro-batch's mean loss by its labelled tokens, so the summed gradient is the batch's;
-        with a policy (DP-SGD) each micro-batch's per-sample gradients are gathered by
-        `policy.accumulate` and the last one's `optimizer.step` takes the step."""
+        with a policy (DP-SGD) `policy.backward` takes each micro-batch's per-window losses, its
+        per-sample gradients are gathered by `policy.accumulate` and the last one's
+        `optimizer.step` takes the step."""
         model = self.loaded.model
         ordered = sorted(batch, key=lambda i: len(train[i]))
         size = self.cfg.micro_batch_size
@@ -318,7 +324,7 @@ class Trainer:
         optimizer.zero_grad(set_to_none=True)
         loss_sum = 0.0
         for index, chunk in enumerate(chunks):
-            loss = batch_loss(
+            losses = batch_loss(
                 self.loaded,
                 [train[i] for i in chunk],
                 [states[i] for i in chunk] if states else None,
@@ -328,11 +334,11 @@ class Trainer:
             )
             last = index == len(chunks) - 1
             extra = self.extra_loss() if self.extra_loss is not None and last else 0.0
-            loss_sum += loss.item() * labelled[index] / total
+            loss_sum += losses.mean().item() * labelled[index] / total
             if self.policy is None:
-                (loss * (labelled[index] / total) + extra).backward()
+                (losses * (labelled[index] / total) + extra).backward()
                 continue
-            (loss + extra).backward()
+            self.policy.backward(losses, extra)
             if not last:
                 self.policy.accumulate(optimizer)
         if self.policy is None:  # DP-SGD clips per sample instead

@@ -15,7 +15,7 @@ COMPRESSIONS = ("auto", "none", "fp16", "bf16", "int8", "topk")
 STRATEGIES = ("fedavg", "fedprox")
 LR_SCHEDULES = ("constant", "cosine")
 CLIENT_DP = ("none", "client-fixed")
-DP_CLIPPING = ("flat", "per-layer")
+DP_CLIPPING = ("flat", "per-layer", "ghost")
 FROZEN_QUANTIZATIONS = ("auto", "none", "nf4")
 LARGE_BASE_PARAMETERS = 500_000_000  # the `auto`s: a base this large trains on NF4, sends int8
 LARGE_BASE_MICRO_BATCH = 8  # and computes 8 windows at a time (results/scale_default_1b*)
@@ -189,8 +189,10 @@ class FederationConfig:
     dp_clipping: str = field(
         default="flat",
         metadata={
-            "help": "flat (one norm over every trained tensor) or per-layer (each tensor "
-            "clipped to dp-max-grad-norm / sqrt(tensors): the same total norm, and noise)"
+            "help": "flat (one norm over every trained tensor), per-layer (each tensor "
+            "clipped to dp-max-grad-norm / sqrt(tensors): the same total norm, and noise) or "
+            "ghost (flat, by Opacus' ghost clipping: no per-sample gradient is stored, for a "
+            "second backward pass)"
         },
     )
     dp_subspace: int = field(

@@ -19,7 +19,13 @@ from typing import TYPE_CHECKING, Any
 import torch
 from opacus import GradSampleModule
 from opacus.accountants import RDPAccountant
-from opacus.optimizers import DPOptimizer, DPPerLayerOptimizer
+from opacus.grad_sample import GradSampleModuleFastGradientClipping
+from opacus.optimizers import (
+    DPOptimizer,
+    DPOptimizerFastGradientClipping,
+    DPPerLayerOptimizer,
+)
+from opacus.utils.fast_gradient_clipping_utils import DPTensorFastGradientClipping
 
 if TYPE_CHECKING:
     from federation.subspace import Subspace
@@ -132,7 +138,11 @@ class DPSGDPolicy:
     Per-sample gradients come from Opacus' GradSampleModule hooks on the trainable modules (its
     functorch fallback covers Llama's RMSNorm); the optimizer is Opacus' DPOptimizer, or its
     DPPerLayerOptimizer with `clipping = "per-layer"` (each tensor clipped to its share of the
-    norm, so a tensor with large gradients cannot crowd out the others' signal). A Poisson
+    norm, so a tensor with large gradients cannot crowd out the others' signal). With
+    `clipping = "ghost"` the clipping is flat but no per-sample gradient is stored: Opacus'
+    ghost clipping takes each window's gradient norm from the layers' inputs and output
+    gradients, then a second backward pass of the windows' losses, each scaled by its clipping
+    factor, sums the clipped gradients (the same step as "flat", for one more backward). A Poisson
     batch larger than the trainer's micro-batch is computed in parts whose clipped per-sample
     gradients are summed (Opacus' skipped steps) before the one noisy step; with a `subspace`
     (federation.subspace) the noisy gradient is projected onto it before the step. Every per-sample
@@ -156,7 +166,8 @@ class DPSGDPolicy:
         self.steps_taken = 0
         self.sample_rate = 0.0
         self.norms: list[float] = []
-        self._wrapper: GradSampleModule | None = None
+        self._wrapper: GradSampleModule | GradSampleModuleFastGradientClipping | None = None
+        self._optimizer: DPOptimizer | None = None
 
     @staticmethod
     def planned(windows: int, batch_size: int, epochs: int) -> tuple[float, int]:
@@ -165,29 +176,45 @@ class DPSGDPolicy:
 
     def prepare(self, optimizer: torch.optim.Optimizer, windows: int) -> torch.optim.Optimizer:
         self.sample_rate = min(1.0, self.batch_size / windows)
-        self._wrapper = GradSampleModule(self.model, batch_first=True, loss_reduction="mean")
+        common = {
+            "noise_multiplier": self.noise,
+            "expected_batch_size": self.batch_size,
+            "loss_reduction": "mean",
+            "generator": None,
+        }
         dp: DPOptimizer
-        if self.clipping == "per-layer":  # the same total norm, split evenly over the tensors
+        if self.clipping == "ghost":
+            self._wrapper = GradSampleModuleFastGradientClipping(
+                self.model, batch_first=True, loss_reduction="mean",
+                max_grad_norm=self.max_grad_norm, use_ghost_clipping=True,
+            )  # fmt: skip
+            dp = DPOptimizerFastGradientClipping(
+                optimizer, max_grad_norm=self.max_grad_norm, **common
+            )
+        elif self.clipping == "per-layer":  # the same total norm, split evenly over the tensors
+            self._wrapper = GradSampleModule(self.model, batch_first=True, loss_reduction="mean")
             count = sum(p.requires_grad for g in optimizer.param_groups for p in g["params"])
-            dp = DPPerLayerOptimizer(
-                optimizer,
-                noise_multiplier=self.noise,
-                max_grad_norm=[self.max_grad_norm / math.sqrt(count)] * count,
-                expected_batch_size=self.batch_size,
-                loss_reduction="mean",
-                generator=None,
-            )
+            share = self.max_grad_norm / math.sqrt(count)
+            dp = DPPerLayerOptimizer(optimizer, max_grad_norm=[share] * count, **common)
         else:
-            dp = DPOptimizer(
-                optimizer,
-                noise_multiplier=self.noise,
-                max_grad_norm=self.max_grad_norm,
-                expected_batch_size=self.batch_size,
-                loss_reduction="mean",
-                generator=None,
-            )
+            self._wrapper = GradSampleModule(self.model, batch_first=True, loss_reduction="mean")
+            dp = DPOptimizer(optimizer, max_grad_norm=self.max_grad_norm, **common)
         dp.attach_step_hook(self._after_noise)
+        self._optimizer = dp
         return dp
+
+    def backward(self, losses: torch.Tensor, extra: torch.Tensor | float) -> None:
+        """One micro-batch's backward pass from its windows' own losses. Ghost clipping scales
+        each window's loss by its clipping factor, so a term outside them is refused (the
+        federation refuses FedProx with DP; Opacus would drop its gradient in any mode)."""
+        if not isinstance(self._wrapper, GradSampleModuleFastGradientClipping):
+            (losses.mean() + extra).backward()
+            return
+        if isinstance(extra, torch.Tensor):
+            raise ValueError("ghost clipping: an extra loss term has no per-window gradient")
+        if not isinstance(self._optimizer, DPOptimizerFastGradientClipping):
+            raise TypeError("ghost clipping needs the optimizer `prepare` returned")
+        DPTensorFastGradientClipping(self._wrapper, self._optimizer, losses, "mean").backward()
 
     def _after_noise(self, _: DPOptimizer) -> None:
         """A batch's last micro-batch is clipped and the noise added: keep the norms, and project
@@ -198,6 +225,9 @@ class DPSGDPolicy:
 
     def _observe(self) -> None:
         """Keep the norms of the per-sample gradients about to be (or just) clipped."""
+        if isinstance(self._wrapper, GradSampleModuleFastGradientClipping):
+            self.norms.extend(self._wrapper.per_sample_gradient_norms.tolist())
+            return
         squared: torch.Tensor | None = None
         for param in self.model.parameters():
             sample = getattr(param, "grad_sample", None)
@@ -242,7 +272,7 @@ class DPSGDPolicy:
     def finish(self) -> None:
         if self._wrapper is not None:
             self._wrapper._close()
-            self._wrapper = None
+            self._wrapper = self._optimizer = None
         for param in self.model.parameters():
             if hasattr(param, "grad_sample"):
                 param.grad_sample = None

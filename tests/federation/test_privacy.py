@@ -131,22 +131,26 @@ def test_a_dp_batch_in_micro_batches_clips_each_sample_and_steps_once(
 
     notes = corpus(tmp_path / "c", 60, seed=1)
     seen = {}
-    for micro in (64, 4):
+    for micro, clipping in ((64, "flat"), (4, "flat"), (4, "ghost"), (64, "ghost")):
         _, loaded = load_for_training(tiny_config(tiny_llama), tmp_path, gpu=False)
         loaded.model.dropout.p = 0.0  # the head's dropout masks differ with the batch's shape
         cfg = replace(tiny_train_config("top:2", 1, tmp_path / "act"), batch_size=20,
                       micro_batch_size=micro)  # fmt: skip
         selection = LayerSelection.parse("top:2", loaded.num_layers)
         trainer = Trainer(loaded, selection, cfg, progress=False)
-        policy = Recording(loaded.model, 1e-6, 0.05, 20, torch.Generator().manual_seed(5))
+        gen = torch.Generator().manual_seed(5)
+        policy = Recording(loaded.model, 1e-6, 0.05, 20, gen, clipping)
         trainer.policy = policy
         trainer.fit(notes, [])
         assert policy.steps_taken == 3 and len(policy.steps) == 3
-        seen[micro] = policy.steps
-    for whole, parts in zip(seen[64], seen[4], strict=True):
-        assert whole and set(parts) == set(whole)
-        for name, grad in whole.items():
-            torch.testing.assert_close(parts[name], grad, rtol=1e-4, atol=1e-6)
+        seen[micro, clipping] = policy.steps
+    # micro-batches, and ghost clipping (norms without per-sample gradients), give the same step
+    for other in ((4, "flat"), (4, "ghost"), (64, "ghost")):
+        for whole, parts in zip(seen[64, "flat"], seen[other], strict=True):
+            assert whole and set(parts) == set(whole)
+            for name, grad in whole.items():
+                torch.testing.assert_close(parts[name], grad, rtol=1e-4, atol=1e-6)
+    for whole in seen[64, "flat"]:
         assert (
             max(float(g.norm()) for g in whole.values()) <= 2 * 0.05
         )  # clipped: a Poisson batch ~20
@@ -180,13 +184,13 @@ def test_per_layer_clipping_bounds_every_tensor_by_its_share_and_spends_the_same
     # bounded by the clip itself; one flat norm lets some tensors take more than their share
     assert largest["per-layer"] <= 1.0 + 1e-3
     assert largest["flat"] > 1.2
-    for clipping in ("flat", "per-layer"):
+    for clipping in ("flat", "per-layer", "ghost"):
         node_cfg = tiny_config(tiny_llama, dp=True, dp_noise_multiplier=1.5, dp_clipping=clipping)
         node = HospitalNode.load(node_cfg, notes, tmp_path / clipping, "h")
         update = node.train_round(node.initial_arrays(), 1)
         assert update.declined is None
         largest[clipping] = float(update.metrics["eps_spent"])
-    assert largest["flat"] == largest["per-layer"] > 0
+    assert largest["flat"] == largest["per-layer"] == largest["ghost"] > 0
     with pytest.raises(ValueError, match="dp-clipping 'layer'"):
         tiny_config(tiny_llama, dp_clipping="layer")
 

@@ -36,13 +36,14 @@ def _trainer(tiny_llama: Path, tmp_path: Path, micro: int) -> Trainer:
     return Trainer(loaded, LayerSelection.parse("top:2", loaded.num_layers), cfg, progress=False)
 
 
-@pytest.mark.parametrize("micro", [1, 64])
+@pytest.mark.parametrize(("micro", "clipping"), [(1, "flat"), (64, "flat"), (5, "ghost")])
 def test_every_sampled_window_has_one_norm_and_it_is_its_own_gradients(
-    tiny_llama: Path, tmp_path: Path, micro: int
+    tiny_llama: Path, tmp_path: Path, micro: int, clipping: str
 ):
     notes = corpus(tmp_path / "c", 60, seed=1)
     trainer = _trainer(tiny_llama, tmp_path, micro)
-    policy = Drawn(trainer.loaded.model, 1e-6, 1e6, 20, torch.Generator().manual_seed(5))
+    gen = torch.Generator().manual_seed(5)
+    policy = Drawn(trainer.loaded.model, 1e-6, 1e6, 20, gen, clipping)
     trainer.policy = policy
     trainer.fit(notes, [])
     assert len(policy.norms) == sum(len(b) for b in policy.drawn) > 20
