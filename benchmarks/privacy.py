@@ -108,9 +108,16 @@ RECIPES: dict[str, tuple[dict[str, Any], int, str]] = {
         "as lora8-warm-sub64-adam at lr 1e-2",
     ),
     "layers8-warm": (
-        {"mode": "layers", "learning_rate": 1e-3, "head_learning_rate": 3e-3, "batch_size": 256},
+        {
+            "mode": "layers",
+            "learning_rate": 1e-3,
+            "head_learning_rate": 3e-3,
+            "batch_size": 256,
+            "dp_clipping": "ghost",
+        },
         3,
-        "whole layers top:8 (DP on every weight of them), batch 256, lr 1e-3 (head 3e-3), warm",
+        "whole layers top:8 (DP on every weight of them, by ghost clipping), batch 256, lr 1e-3 "
+        "(head 3e-3), warm",
     ),
 }
 # Recipes whose no-DP run is another recipe's (they differ only in how DP works)
