@@ -44,6 +44,8 @@ def child(base: str, row: str, notes_count: int, state_dir: Path, work: Path) ->
     from federation.task import HospitalNode
 
     torch.set_num_threads(1)
+    # the out-of-memory killer's first choice: a row that cannot fit fails alone
+    Path("/proc/self/oom_score_adj").write_text("1000")
     mode, clipping, micro = row.split(":")
     notes = read_notes(str(TRAIN)).notes[:notes_count]
     cfg = FederationConfig(base=base, mode=mode, dp=True, dp_clipping=clipping,
@@ -62,9 +64,16 @@ def child(base: str, row: str, notes_count: int, state_dir: Path, work: Path) ->
     }
 
 
+def available_gib() -> str:
+    """The machine's memory now (a row killed for memory is killed at what others left it)."""
+    info = dict(line.split(":", 1) for line in Path("/proc/meminfo").read_text().splitlines())
+    total, available = (int(info[k].split()[0]) / 2**20 for k in ("MemTotal", "MemAvailable"))
+    return f"memory available at the start {available:.1f} of {total:.1f} GiB"
+
+
 def row_line(row: str, result: dict | None, anon_mb: float, failure: str) -> str:
     mode, clipping, micro = row.split(":")
-    if result is None:
+    if result is None:  # the peak a failed row reached before it ended
         return f"| {mode} | {clipping} | {micro} | - | {anon_mb / 1024:.2f} | - | - | {failure} |"
     return (
         f"| {mode} | {clipping} | {micro} | {result['trained']:,} | {anon_mb / 1024:.2f} "
@@ -93,7 +102,7 @@ def main() -> None:
         f"- machine: {machine()}",
         f"- date: {time.strftime('%Y-%m-%d %H:%M')}",
         f"- base: {args.base}; {args.notes} BC5CDR training sentences in one Poisson batch; "
-        f"load average (1 min) at the start: {os.getloadavg()[0]:.1f}",
+        f"load average (1 min) at the start: {os.getloadavg()[0]:.1f}; {available_gib()}",
         "",
         "Peak anonymous memory of the node's process (loading, the frozen prefix's cache, the "
         "round); seconds of the round alone. Both clippings take the same clipped, noised step "
@@ -109,7 +118,8 @@ def main() -> None:
                     "--state-dir", str(args.state_dir), "--work", f"{scratch}/{index}"]  # fmt: skip
             run = measured(argv, args.timeout)
             result = json.loads(run.stdout.strip().splitlines()[-1]) if run.code == 0 else None
-            lines.append(row_line(row, result, run.anon_mb, f"exit {run.code}: {run.tail[-300:]}"))
+            why = "killed (out of memory)" if run.code in (-9, 137) else run.tail[-300:]
+            lines.append(row_line(row, result, run.anon_mb, f"exit {run.code}: {why}"))
             print(lines[-1], flush=True)
     args.out.write_text("\n".join(lines) + "\n", encoding="utf-8")
     print(f"wrote {args.out}", flush=True)
