@@ -15,7 +15,7 @@ COMPRESSIONS = ("auto", "none", "fp16", "bf16", "int8", "topk")
 STRATEGIES = ("fedavg", "fedprox")
 LR_SCHEDULES = ("constant", "cosine")
 CLIENT_DP = ("none", "client-fixed")
-DP_CLIPPING = ("flat", "per-layer", "ghost")
+DP_CLIPPING = ("auto", "flat", "per-layer", "ghost")
 FROZEN_QUANTIZATIONS = ("auto", "none", "nf4")
 LARGE_BASE_PARAMETERS = 500_000_000  # the `auto`s: a base this large trains on NF4, sends int8
 LARGE_BASE_MICRO_BATCH = 8  # and computes 8 windows at a time (results/scale_default_1b*)
@@ -187,12 +187,12 @@ class FederationConfig:
         default=1.0, metadata={"help": "DP-SGD per-sample clipping norm"}
     )
     dp_clipping: str = field(
-        default="flat",
+        default="auto",
         metadata={
             "help": "flat (one norm over every trained tensor), per-layer (each tensor "
-            "clipped to dp-max-grad-norm / sqrt(tensors): the same total norm, and noise) or "
+            "clipped to dp-max-grad-norm / sqrt(tensors): the same total norm, and noise), "
             "ghost (flat, by Opacus' ghost clipping: no per-sample gradient is stored, for a "
-            "second backward pass)"
+            "second backward pass) or auto: flat with mode lora, ghost otherwise"
         },
     )
     dp_subspace: int = field(
@@ -323,6 +323,17 @@ class FederationConfig:
         progress = min(max(server_round - 1, 0) / (self.rounds - 1), 1.0)
         low = self.lr_min_fraction
         return low + (1 - low) * 0.5 * (1 + math.cos(math.pi * progress))
+
+    @property
+    def clipping(self) -> str:
+        """`dp_clipping` with auto resolved by mode. Whole weights clip by ghost clipping: no
+        window's gradient of every weight is stored (a DP round of `top:8` at the LLaMA 3.2-1B
+        shape peaked at 8.0 GiB, where per-sample gradients of 8 windows alone are 15.6 GB) and
+        it is faster; LoRA's memory is the layers' stored inputs either way, and flat is faster
+        there (benchmarks/results/dp_clipping*.md)."""
+        if self.dp_clipping != "auto":
+            return self.dp_clipping
+        return "flat" if self.mode == "lora" else "ghost"
 
     def base_quantization(self, parameters: int, gpu: bool) -> str:
         """How a hospital loads a base of `parameters` to train on: "nf4" or "none"

@@ -244,7 +244,7 @@ class HospitalNode:
                 self.cfg.dp_max_grad_norm,
                 self.cfg.batch_size,
                 gen,
-                self.cfg.dp_clipping,
+                self.cfg.clipping,
                 self._subspace(trainer),
             )
         result = trainer.fit(self.round_notes(server_round), [])

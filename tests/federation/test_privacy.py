@@ -184,13 +184,19 @@ def test_per_layer_clipping_bounds_every_tensor_by_its_share_and_spends_the_same
     # bounded by the clip itself; one flat norm lets some tensors take more than their share
     assert largest["per-layer"] <= 1.0 + 1e-3
     assert largest["flat"] > 1.2
-    for clipping in ("flat", "per-layer", "ghost"):
+    for clipping in ("flat", "per-layer", "ghost", "auto"):
         node_cfg = tiny_config(tiny_llama, dp=True, dp_noise_multiplier=1.5, dp_clipping=clipping)
         node = HospitalNode.load(node_cfg, notes, tmp_path / clipping, "h")
         update = node.train_round(node.initial_arrays(), 1)
         assert update.declined is None
+        assert node.dp_policy is not None
+        assert node.dp_policy.clipping == ("ghost" if clipping == "auto" else clipping)  # layers
         largest[clipping] = float(update.metrics["eps_spent"])
-    assert largest["flat"] == largest["per-layer"] == largest["ghost"] > 0
+    assert largest["flat"] == largest["per-layer"] == largest["ghost"] == largest["auto"] > 0
+    # auto: flat for LoRA (its memory is the stored inputs either way, flat is faster)
+    assert tiny_config(tiny_llama, mode="lora").clipping == "flat"
+    assert tiny_config(tiny_llama, mode="full").clipping == "ghost"
+    assert tiny_config(tiny_llama, mode="lora", dp_clipping="ghost").clipping == "ghost"
     with pytest.raises(ValueError, match="dp-clipping 'layer'"):
         tiny_config(tiny_llama, dp_clipping="layer")
 
