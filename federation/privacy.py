@@ -271,7 +271,7 @@ class DPSGDPolicy:
 
     def finish(self) -> None:
         if self._wrapper is not None:
-            self._wrapper._close()
+            self._wrapper.to_standard_module()  # removes its hooks and per-sample state
             self._wrapper = self._optimizer = None
         for param in self.model.parameters():
             if hasattr(param, "grad_sample"):
