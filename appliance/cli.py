@@ -58,7 +58,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="hold out the last N training notes as the dev set instead of --dev",
     )
     train.add_argument("--out", required=True, type=Path, help="model package dir to create")
-    train.add_argument("--layers", help="layer spec: top:N, bottom:N, layers:i,j, all, head")
+    train.add_argument(
+        "--layers", help="layer spec: top:N, bottom:N, layers:i,j, all, head or auto (default)"
+    )
     train.add_argument("--attention", choices=ATTENTION_MODES, help="default: see README")
     train.add_argument("--epochs", type=int, help="maximum epochs (default 3)")
     train.add_argument("--batch-size", type=int, help="windows per step (default 16)")
@@ -100,7 +102,7 @@ def build_parser() -> argparse.ArgumentParser:
     info = sub.add_parser("info", help="base model, selected layers, parameters, provenance")
     _model_flags(info)
     info.add_argument("--package", type=Path, help="a model package to describe")
-    info.add_argument("--layers", help="describe this selection on the base (default top:8)")
+    info.add_argument("--layers", help="describe this selection on the base (default auto)")
 
     cert_commands.add_parser(sub)
     registry_cli.add_parser(sub)

@@ -6,6 +6,7 @@ import argparse
 import hashlib
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -13,8 +14,8 @@ from appliance.config import ApplianceConfig, load_config
 from appliance.evaluation import evaluate_predictions
 from appliance.exits import CommandError
 from appliance.inference import Annotator, spans_as_json
-from appliance.layers import LayerSelection
-from appliance.model import describe, load_model
+from appliance.layers import AUTO, LayerSelection, auto_spec
+from appliance.model import base_shape, describe, load_model, resolve_source
 from appliance.notes import Note, NotesError, ReadResult
 from appliance.package import load_packaged_model, read_package, save_package
 from appliance.readers import read_notes, read_text_file
@@ -43,6 +44,15 @@ def config_from(args: argparse.Namespace) -> ApplianceConfig:
             "train.use_cache": None if no_cache is None else False,
         },
     )
+
+
+def layer_spec(cfg: ApplianceConfig, spec: str | None = None) -> str:
+    """`spec` (default: the config's train.layers) with `auto` resolved for the config's base."""
+    spec = spec or cfg.train.layers
+    if spec.strip().lower() != AUTO:
+        return spec
+    parameters, num_layers = base_shape(resolve_source(cfg.model.base), Path(cfg.state_dir))
+    return auto_spec(num_layers, parameters)
 
 
 def load_notes(
@@ -95,6 +105,7 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
         train_notes, dev_notes = train_notes[: -args.dev_split], train_notes[-args.dev_split :]
     if Path(args.out).exists():
         raise ValueError(f"{args.out}: already exists; choose a new package path")
+    cfg.train = replace(cfg.train, layers=layer_spec(cfg))  # the package records what trained
     loaded = load_model(cfg.model, labels, cfg.state_dir, cfg.train.layers)
     selection = LayerSelection.parse(cfg.train.layers, loaded.num_layers)
     started = time.perf_counter()
@@ -184,7 +195,7 @@ def info(args: argparse.Namespace) -> dict[str, Any]:
             "software": meta["software"],
             "training": {k: meta["training"].get(k) for k in ("data", "result", "seconds")},
         }
-    spec = args.layers or cfg.train.layers
+    spec = layer_spec(cfg, args.layers)
     loaded = load_model(cfg.model, cfg.train.labels, cfg.state_dir, spec)
     selection = LayerSelection.parse(spec, loaded.num_layers)
     return {**describe(loaded), "selection": selection.report(loaded.model)}

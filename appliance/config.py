@@ -15,6 +15,10 @@ DEVICES = ("cpu", "cuda")
 OPTIMIZERS = ("adamw", "adafactor", "sgd")
 SCHEDULES = ("linear", "cosine", "constant")
 DEFAULT_LABELS = ("Chemical", "Disease")
+# A base this large (LLaMA 3.2-1B: 1.24 B) is "large" wherever a default depends on the base's
+# size: the layers `appliance train` selects, the federation's frozen quantization, compression
+# and micro-batch. The embedded SmolLM2-135M is small.
+LARGE_BASE_PARAMETERS = 500_000_000
 
 
 @dataclass
@@ -56,7 +60,14 @@ class ModelConfig:
 class TrainConfig:
     """How the selected layers are trained."""
 
-    layers: str = field(default="top:8", metadata={"help": "layer selection spec, e.g. top:8"})
+    layers: str = field(
+        default="auto",
+        metadata={
+            "help": "layer selection spec (top:N, bottom:N, layers:i,j,..., all, head) or auto: "
+            "top:16 on a base under 500 M parameters (the embedded model), top:8 on a larger one "
+            "(LLaMA 3.2-1B), all on a base with no more layers than that"
+        },
+    )
     labels: tuple[str, ...] = field(default=DEFAULT_LABELS, metadata={"help": "entity types"})
     epochs: int = field(default=3, metadata={"help": "maximum epochs"})
     batch_size: int = field(default=16, metadata={"help": "windows per optimizer step"})

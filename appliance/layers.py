@@ -9,6 +9,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from appliance.config import LARGE_BASE_PARAMETERS
+
 HEAD_PREFIX = "score."
 _SPEC = re.compile(r"^(top|bottom):(\d+)$|^layers:([\d,\s]+)$|^(all|head)$")
 
@@ -84,6 +86,20 @@ class LayerSelection:
             "trainable_share": trainable / total if total else 0.0,
             "exchange_bytes": nbytes,
         }
+
+
+AUTO = "auto"
+
+
+def auto_spec(num_layers: int, parameters: int) -> str:
+    """The selection `auto` stands for on a base of `parameters` and `num_layers` decoder layers:
+    the top 16 of a small base (the embedded model's 30: 0.859 strict F1 on BC5CDR against
+    0.843 for the top 8, benchmarks/results/core_cli*.md), the top 8 of a large one (half of
+    LLaMA 3.2-1B's 16: training them in fp32 with AdamW peaked at 11.3 GiB, scale.md; all 16
+    would hold some 20 GB of weights, gradients and moments), every layer of a base that has
+    no more."""
+    count = 8 if parameters >= LARGE_BASE_PARAMETERS else 16
+    return "all" if num_layers <= count else f"top:{count}"
 
 
 def _parse_list(spec: str, listed: str, num_layers: int) -> list[int]:

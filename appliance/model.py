@@ -134,19 +134,27 @@ def fingerprint_source(source: BaseSource) -> str:
 
 
 def base_parameters(source: BaseSource, state_dir: Path) -> int:
-    """The base's parameter count, from its config alone (the network built on the meta device:
-    no weights are read). A GGUF's config is read from its materialized copy in `state_dir` when
-    there is one (parsing the GGUF takes seconds)."""
+    """The base's parameter count, from its config alone (`base_shape`)."""
+    return base_shape(source, state_dir)[0]
+
+
+def base_shape(source: BaseSource, state_dir: Path) -> tuple[int, int]:
+    """The base's parameter count and decoder layers, from its config alone (the network built
+    on the meta device: no weights are read). A GGUF's config is read from its materialized copy
+    in `state_dir` when there is one (parsing the GGUF takes seconds)."""
     directory, extra = source.directory, {}
     if source.gguf_file:
         directory = _materialized_dir(fingerprint_source(source), state_dir)
         if not (directory / "config.json").is_file():
             directory, extra = source.directory, {"gguf_file": source.gguf_file}
-    with _quiet_loading():
-        config = AutoConfig.from_pretrained(str(directory), local_files_only=True, **extra)
-    with torch.device("meta"):
-        network = AutoModel.from_config(config)
-    return sum(p.numel() for p in network.parameters())
+    try:
+        with _quiet_loading():
+            config = AutoConfig.from_pretrained(str(directory), local_files_only=True, **extra)
+        with torch.device("meta"):
+            network = AutoModel.from_config(config)
+    except (OSError, ValueError, KeyError) as err:
+        raise ModelLoadError(f"{source.display}: cannot read the model's config: {err}") from err
+    return sum(p.numel() for p in network.parameters()), int(config.num_hidden_layers)
 
 
 def load_tokenizer(source: BaseSource) -> PreTrainedTokenizerBase:

@@ -7,7 +7,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, fields, replace
 from typing import Any
 
-from appliance.config import OPTIMIZERS, TrainConfig
+from appliance.config import LARGE_BASE_PARAMETERS, OPTIMIZERS, TrainConfig
 
 MODES = ("layers", "lora", "full")
 TASKS = ("ner", "sentence")
@@ -17,8 +17,8 @@ LR_SCHEDULES = ("constant", "cosine")
 CLIENT_DP = ("none", "client-fixed")
 DP_CLIPPING = ("auto", "flat", "per-layer", "ghost")
 FROZEN_QUANTIZATIONS = ("auto", "none", "nf4")
-LARGE_BASE_PARAMETERS = 500_000_000  # the `auto`s: a base this large trains on NF4, sends int8
-LARGE_BASE_MICRO_BATCH = 8  # and computes 8 windows at a time (results/scale_default_1b*)
+# The `auto`s: a base of LARGE_BASE_PARAMETERS trains on NF4, sends int8 and computes
+LARGE_BASE_MICRO_BATCH = 8  # 8 windows at a time (results/scale_default_1b*)
 
 
 @dataclass(frozen=True)

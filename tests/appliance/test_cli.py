@@ -113,6 +113,8 @@ def test_info_on_package_and_base(trained: dict[str, Path], capsys: pytest.Captu
     assert info["training"]["data"]["train"]["notes"] == 160
     code, info, _ = _run(capsys, ["info", "--config", str(trained["config"]), "--layers", "top:1"])
     assert code == 0 and info["layers"] == 4 and info["selection"]["layers"] == [3]
+    code, info, _ = _run(capsys, ["info", "--config", str(trained["config"])])  # layers: auto
+    assert code == 0 and info["selection"]["spec"] == "all"  # 4 layers: no more than 16
 
 
 def test_bad_input_file_names_file_and_line(

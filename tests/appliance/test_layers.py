@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from appliance.config import ModelConfig
-from appliance.layers import LayerSelection
+from appliance.layers import LayerSelection, auto_spec
 from appliance.model import load_model
 
 
@@ -24,6 +24,24 @@ from appliance.model import load_model
 )
 def test_specs_select_layers(spec: str, expected: tuple[int, ...]):
     assert LayerSelection.parse(spec, 4).indices == expected
+
+
+@pytest.mark.parametrize(
+    ("num_layers", "parameters", "expected"),
+    [
+        (30, 134_515_008, "top:16"),  # the embedded SmolLM2-135M
+        (16, 1_235_814_400, "top:8"),  # LLaMA 3.2-1B
+        (16, 400_000_000, "all"),  # small, with no more than 16 layers
+        (8, 600_000_000, "all"),
+        (9, 500_000_000, "top:8"),
+        (4, 1_000_000, "all"),  # the tests' tiny model
+    ],
+)
+def test_auto_takes_16_layers_of_a_small_base_and_8_of_a_large_one(
+    num_layers: int, parameters: int, expected: str
+):
+    assert auto_spec(num_layers, parameters) == expected
+    assert LayerSelection.parse(expected, num_layers).indices
 
 
 @pytest.mark.parametrize(
