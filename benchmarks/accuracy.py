@@ -64,23 +64,23 @@ RECIPES: dict[str, tuple[dict[str, Any], str]] = {
     "all": (_layers("all", 1e-4), "all 30 layers + head, lr 1e-4 (head 1e-3)"),
     "lora-top8": (_lora("top:8"), "LoRA r16 on the top 8 layers + head, lr 2e-3"),
     "lora-all": (_lora("all"), "LoRA r16 on all 30 layers + head, lr 2e-3"),
-    "top8-causal": (
-        {**_layers("top:8"), "attention": "causal"},
-        "as top8 with the pre-training (causal) attention mask",
-    ),
-    "top8-cosine": (_layers("top:8"), "as top8 with cosine decay after the warm-up"),
-    "top8-smooth": (_layers("top:8"), "as top8 with label smoothing 0.1"),
-    "top8-layer-decay": (_layers("top:8"), "as top8, each layer's rate 0.8x the one above it"),
-    "top8-o-half": (_layers("top:8"), "as top8 with the O tag's loss weighted 0.5"),
-    "top8-lr1e-3": (_layers("top:8", 1e-3), "as top8 at lr 1e-3"),
 }
-# recipe -> TrainConfig fields of the objective (appliance.objective) that differ from its default
-OBJECTIVE: dict[str, dict[str, Any]] = {
-    "top8-cosine": {"schedule": "cosine"},
-    "top8-smooth": {"label_smoothing": 0.1},
-    "top8-layer-decay": {"layer_decay": 0.8},
-    "top8-o-half": {"o_weight": 0.5},
+# The tools measured on the layer-skipping rows: name -> (FederationConfig fields, objective
+# fields of appliance.objective that differ from its default, about)
+TOOLS: dict[str, tuple[dict[str, Any], dict[str, Any], str]] = {
+    "causal": ({"attention": "causal"}, {}, "with the pre-training (causal) attention mask"),
+    "cosine": ({}, {"schedule": "cosine"}, "with cosine decay after the warm-up"),
+    "smooth": ({}, {"label_smoothing": 0.1}, "with label smoothing 0.1"),
+    "layer-decay": ({}, {"layer_decay": 0.8}, "with each layer's rate 0.8x the one above it"),
+    "o-half": ({}, {"o_weight": 0.5}, "with the O tag's loss weighted 0.5"),
+    "lr1e-3": ({"learning_rate": 1e-3}, {}, "at lr 1e-3"),
 }
+# recipe -> TrainConfig fields of the objective that differ from its default
+OBJECTIVE: dict[str, dict[str, Any]] = {}
+for _base in ("top8", "top16"):
+    for _tool, (_fields, _objective, _about) in TOOLS.items():
+        RECIPES[f"{_base}-{_tool}"] = ({**RECIPES[_base][0], **_fields}, f"as {_base} {_about}")
+        OBJECTIVE[f"{_base}-{_tool}"] = _objective
 
 
 def train_config(
