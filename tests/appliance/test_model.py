@@ -18,6 +18,7 @@ from appliance.forward import full_logits, prefix_states
 from appliance.model import (
     ModelLoadError,
     base_parameters,
+    base_shape,
     bio_tags,
     embedded_source,
     fingerprint_source,
@@ -125,6 +126,10 @@ def test_missing_or_invalid_base_is_a_clear_error(tmp_path: Path):
     (tmp_path / "config.json").write_text("{}")
     with pytest.raises(ModelLoadError, match="no \\*.safetensors weights"):
         resolve_source(str(tmp_path))
+    (tmp_path / "model.safetensors").write_bytes(b"")
+    (tmp_path / "config.json").write_text('{"model_type": "llama", "num_hidden_layers": ')
+    with pytest.raises(ModelLoadError, match="cannot read the model's config"):
+        base_shape(resolve_source(str(tmp_path)), tmp_path)
 
 
 def test_fingerprint_differs_between_bases(tiny_llama: Path, other_tiny_llama: Path):
