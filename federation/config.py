@@ -17,8 +17,9 @@ LR_SCHEDULES = ("constant", "cosine")
 CLIENT_DP = ("none", "client-fixed")
 DP_CLIPPING = ("auto", "flat", "per-layer", "ghost")
 FROZEN_QUANTIZATIONS = ("auto", "none", "nf4")
-# The `auto`s: a base of LARGE_BASE_PARAMETERS trains on NF4, sends int8 and computes
-LARGE_BASE_MICRO_BATCH = 8  # 8 windows at a time (results/scale_default_1b*)
+# The `auto`s: a base of at least LARGE_BASE_PARAMETERS trains on NF4, sends int8 and computes
+# LARGE_BASE_MICRO_BATCH windows at a time (results/scale_default_1b*)
+LARGE_BASE_MICRO_BATCH = 8
 
 
 @dataclass(frozen=True)
