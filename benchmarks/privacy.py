@@ -63,9 +63,18 @@ RECIPES: dict[str, tuple[dict[str, Any], int, str]] = {
         3,
         "LoRA r16 on top:8, batch 256, lr 3e-3, from the public warm start (3 epochs)",
     ),
-    "lora8-warm-lr1e-2": (_lora(16, 1e-2, 256), 3, "as lora8-warm, lr 1e-2"),
+    "lora8-warm-lr1e-2": (
+        _lora(16, 1e-2, 256),
+        3,
+        "as lora8-warm, lr 1e-2 in the private rounds (lora8-warm's warm start)",
+    ),
     "lora8-warm-r4": (_lora(4, 3e-3, 256), 3, "as lora8-warm, LoRA rank 4"),
-    "lora8-warm-b16": (_lora(16, 2e-3, 16), 3, "as lora8-warm, batch 16, lr 2e-3"),
+    "lora8-warm-b16": (
+        _lora(16, 2e-3, 16),
+        3,
+        "as lora8-warm, batch 16 and lr 2e-3 in the private rounds (lora8-warm's warm start): "
+        "at the same epsilon, 16x the steps with a smaller noise multiplier each",
+    ),
     "lora8-warm-sgd": (
         {**_lora(16, 0.5, 256), "optimizer": "sgd"},
         3,
@@ -130,6 +139,8 @@ TWINS = {
 }
 # Recipes whose warm start is another recipe's (they differ only in how the private rounds train)
 WARM_LIKE = {
+    "lora8-warm-lr1e-2": "lora8-warm",
+    "lora8-warm-b16": "lora8-warm",
     "lora8-warm-sgd": "lora8-warm",
     "lora8-warm-sub64": "lora8-warm",
     "lora8-warm-sub64-sgd": "lora8-warm",
